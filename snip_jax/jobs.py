@@ -1,0 +1,15 @@
+"""Job dispatch for `launch.py`: `config.job` names the library function to run."""
+
+from absl import logging
+
+
+def run(config, workdir: str):
+  """Run the job named by `config.job` with its config and workdir."""
+  if config.job == "export":
+    from snip_jax.data import export  # pylint: disable=g-import-not-at-top
+
+    path = export.run_export(config, workdir)
+    logging.info("corpus written to %s", path)
+    print(f"corpus: {path}")
+    return path
+  raise ValueError(f"unknown job {config.job!r}; this version knows: export")
