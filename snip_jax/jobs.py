@@ -8,7 +8,11 @@ def run(config, workdir: str):
   if config.job == "export":
     from snip_jax.data import export  # pylint: disable=g-import-not-at-top
 
-    path = export.run_export(config, workdir)
+    try:
+      path = export.run_export(config, workdir)
+    except export.ExportInterrupted as stopped:
+      logging.warning("%s", stopped)
+      raise SystemExit(1) from None
     logging.info("corpus written to %s", path)
     print(f"corpus: {path}")
     return path

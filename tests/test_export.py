@@ -4,8 +4,10 @@ import gzip
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -144,3 +146,37 @@ def test_launch_runs_the_export_job_and_resumes(tmp_path):
   typo = subprocess.run(cmd[:3] + ["--config.export.n_sample=3"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   assert typo.returncode != 0 and "n_sample" in typo.stderr
+
+
+def test_sigterm_stops_between_whole_lines_and_resume_completes(tmp_path):
+  work = tmp_path / "work"
+  cmd = [sys.executable, str(ROOT / "launch.py"), "--config=configs/export.py:runlocal",
+         f"--workdir={work}", "--config.export.n_samples=3000", "--config.export.num_workers=1",
+         "--config.export.n_valid=0", "--config.export.n_test=0", "--config.export.chunk_size=20"]
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+  prefix = work / export.PREFIX_FILE
+  deadline = time.monotonic() + 120
+  while not (prefix.exists() and prefix.stat().st_size > 0) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 1, err
+  assert "rerun the same command to resume" in err
+  data = prefix.read_bytes()
+  assert data.endswith(b"\n") and 0 < data.count(b"\n") < 3000
+  assert data.count(b"\n") == len((work / export.INFIX_FILE).read_text().splitlines())
+  cfg = export.env_config_from(_runlocal_env())
+  export.export_corpus(work, cfg, n_samples=100, chunk_size=20, write_infix=True)
+  reference = export.export_corpus(tmp_path / "ref", cfg, n_samples=100, chunk_size=20,
+                                   write_infix=True)
+  if data.count(b"\n") <= 100:
+    assert prefix.read_bytes() == reference.read_bytes()
+  else:
+    assert prefix.read_bytes()[:len(reference.read_bytes())] == reference.read_bytes()
+
+
+def _runlocal_env():
+  sys.path.insert(0, str(ROOT))
+  from configs import export as export_config  # pylint: disable=g-import-not-at-top
+  return export_config.get_config("runlocal").env

@@ -18,6 +18,8 @@ import json
 import math
 import os
 import pathlib
+import signal
+import threading
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -74,6 +76,10 @@ def samples_to_lines(samples: Sequence[Sample], *, cfg: EnvConfig,
 # ---------------------------------------------------------------------------------------------
 # Reload
 # ---------------------------------------------------------------------------------------------
+
+
+class ExportInterrupted(Exception):
+  """The export stopped on SIGINT/SIGTERM after writing whole lines; rerun to resume."""
 
 
 class CorpusError(ValueError):
@@ -228,7 +234,8 @@ def export_corpus(workdir: str | os.PathLike, env_cfg: EnvConfig, *, n_samples: 
                          chunk_timeout_s=chunk_timeout_s)
   progress = _Progress(done, n_samples, log_every_s)
   position = (done // chunk_size) * chunk_size
-  with open(prefix_path, "a", encoding="utf-8") as prefix_file, \
+  with _StopOnSignal() as stop, \
+      open(prefix_path, "a", encoding="utf-8") as prefix_file, \
       open(workdir / INFIX_FILE, "a", encoding="utf-8") if write_infix else _nothing() as infix_file:
     for chunk in stream:
       lines = chunk.payload[max(0, done - position):n_samples - position]
@@ -240,8 +247,41 @@ def export_corpus(workdir: str | os.PathLike, env_cfg: EnvConfig, *, n_samples: 
         infix_file.flush()
       done += len(lines)
       progress.update(done, chunk.stats)
+      if stop.requested:
+        stream.close()
+        raise ExportInterrupted(
+            f"stopped by signal {stop.requested} with {done}/{n_samples} samples in"
+            f" {prefix_path}; rerun the same command to resume")
   progress.finish(prefix_path)
   return prefix_path
+
+
+class _StopOnSignal:
+  """SIGINT/SIGTERM request a stop after the current chunk instead of interrupting a write.
+
+  A second signal interrupts at once (a torn last line is then repaired on resume).
+  """
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.requested is not None:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+    logging.warning("%s received: finishing the current chunk, then stopping", self.requested)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGINT, signal.SIGTERM):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    return False
 
 
 class _nothing:
