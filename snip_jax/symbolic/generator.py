@@ -276,10 +276,6 @@ def _relabel_variables(expr: Expression) -> int:
   return len(active)
 
 
-def _count_ops(node: Node, names: frozenset) -> int:
-  return sum(1 for v in node.prefix_list() if v in names)
-
-
 def sample_expression(rng, cfg: EnvConfig, input_dimension: int, n_unary: Optional[int]):
   """One tree attempt: (expression, drawn input dimension, unary counts, binary counts).
 
@@ -355,7 +351,8 @@ def _attempt(rng, cfg: EnvConfig, train: bool, input_dimension: int, n_unary: Op
   """One of the original's `_gen_expr` tries; returns a Sample or raises Rejected."""
   expr, output_dimension, tables = sample_expression(rng, cfg, input_dimension, n_unary)
   d_in = _check_tree(expr, input_dimension, cfg)
-  if len(expr) * cfg.max_len > cfg.max_eval_work:
+  prefix = expr.prefix_list()
+  if len(prefix) * cfg.max_len > cfg.max_eval_work:
     raise Rejected("work budget exceeded")
   distribution = "gaussian" if rng.random() < 0.5 else "uniform"
   n_centroids = int(rng.integers(1, cfg.max_centroids))
@@ -367,13 +364,12 @@ def _attempt(rng, cfg: EnvConfig, train: bool, input_dimension: int, n_unary: Op
   gamma = float(rng.uniform(0.0, cfg.train_noise_gamma)) if train else cfg.eval_noise_gamma
   if gamma > 0:
     y = y + datapoints_lib.output_noise(rng, gamma, y, [y] + [v[1] for v in sets.values()])
-  prefix = expr.prefix_list()
   tree_encoded = encode_prefix(prefix, cfg)
   skeleton_encoded = encode_prefix(to_skeleton(prefix, tables.unary_set), cfg)
   infos = {
       "n_input_points": int(x.shape[0]),
-      "n_unary_ops": sum(_count_ops(n, tables.unary_set) for n in expr.nodes),
-      "n_binary_ops": sum(_count_ops(n, tables.binary_set) for n in expr.nodes),
+      "n_unary_ops": sum(1 for t in prefix if t in tables.unary_set),
+      "n_binary_ops": sum(1 for t in prefix if t in tables.binary_set),
       "d_in": d_in,
       "d_out": output_dimension,
       "input_distribution_type": 0 if distribution == "gaussian" else 1,
