@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sympy
 
-from snip_jax.symbolic.trees import parse_prefix
+from snip_jax.symbolic.trees import from_sympy, parse_infix, parse_prefix
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "snip_original"
 
@@ -92,3 +92,31 @@ def test_to_sympy():
 def test_unparsable_prefix_names_the_problem(prefix, message):
   with pytest.raises(ValueError, match=message):
     parse_prefix(prefix)
+
+
+def test_original_infix_parses_back_to_the_same_tree():
+  for sample in _fixture_samples():
+    assert parse_infix(sample["infix"]).prefix() == sample["prefix"]
+    assert parse_infix(sample["skeleton_infix"]).prefix() == sample["skeleton_prefix"]
+  multi = parse_prefix("add,pow2,x_0,mul,-3,sin,pow3,x_1,|,inv,x_0")
+  assert parse_infix(multi.infix()).prefix() == multi.prefix()
+
+
+def test_math_infix_and_sympy_convert_to_equivalent_trees():
+  x = np.random.default_rng(0).uniform(0.5, 2.0, size=(50, 2))
+  cases = {
+      "0.4*x_0 + sin(x_1)": 0.4 * x[:, 0] + np.sin(x[:, 1]),
+      "x_0**2 - 3*x_1": x[:, 0] ** 2 - 3 * x[:, 1],
+      "1/x_0 + sqrt(x_1) + x_0**3": 1 / x[:, 0] + np.sqrt(x[:, 1]) + x[:, 0] ** 3,
+      "exp(-x_0)*pi + log(x_1)/x_0**2": np.exp(-x[:, 0]) * np.pi + np.log(x[:, 1]) / x[:, 0] ** 2,
+      "x_0**1.5 + 12*x_1": x[:, 0] ** 1.5 + 12 * x[:, 1],
+  }
+  for text, expected in cases.items():
+    expr = parse_infix(text)
+    np.testing.assert_allclose(expr.evaluate(x)[:, 0], expected, rtol=1e-12)
+  tree = from_sympy(sympy.sympify("x_0 - 2*x_1"))
+  assert tree.prefix() == "sub,x_0,mul,2,x_1"
+  with pytest.raises(ValueError, match="unknown variable 'y'"):
+    parse_infix("sin(y)")
+  with pytest.raises(ValueError, match="cannot parse infix"):
+    parse_infix("sin(x_0")

@@ -10,11 +10,11 @@ from snip_jax.symbolic.generator import Sample, generate_sample, to_skeleton
 from snip_jax.symbolic.tokenizers import (SPECIAL_WORDS, Vocab, build_vocab, decode_floats,
                                           decode_prefix, encode_floats, encode_prefix,
                                           float_token_ids)
-from snip_jax.symbolic.trees import Expression, Node, parse_prefix
+from snip_jax.symbolic.trees import Expression, Node, from_sympy, parse_infix, parse_prefix
 
 __all__ = [
     "EnvConfig", "default_env_config", "Sample", "generate_sample", "to_skeleton", "Rejected",
     "SPECIAL_WORDS", "Vocab", "build_vocab", "encode_floats", "decode_floats",
     "encode_prefix", "decode_prefix", "float_token_ids", "Expression", "Node",
-    "parse_prefix", "properties",
+    "parse_prefix", "parse_infix", "from_sympy", "properties",
 ]
