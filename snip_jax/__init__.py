@@ -1,0 +1,8 @@
+"""snip-jax: SNIP (Symbolic-Numeric Integrated Pre-training) in JAX/Flax."""
+
+
+def load_pretrained(path, **kwargs):
+  """A released `.pth` or a converted directory, ready to embed points and equations."""
+  from snip_jax.pretrained import load_pretrained as _load  # pylint: disable=g-import-not-at-top
+
+  return _load(path, **kwargs)

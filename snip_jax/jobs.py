@@ -16,4 +16,12 @@ def run(config, workdir: str):
     logging.info("corpus written to %s", path)
     print(f"corpus: {path}")
     return path
-  raise ValueError(f"unknown job {config.job!r}; this version knows: export")
+  if config.job == "convert":
+    from snip_jax.convert import converter  # pylint: disable=g-import-not-at-top
+
+    if not config.pth:
+      raise ValueError("set --config.pth=FILE.pth (the original checkpoint to convert)")
+    path = converter.convert_pth(config.pth, workdir, overwrite=config.overwrite)
+    print(f"converted: {path}")
+    return path
+  raise ValueError(f"unknown job {config.job!r}; this version knows: export, convert")

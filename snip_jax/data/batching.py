@@ -30,15 +30,17 @@ def collate(samples: Sequence, env_cfg: EnvConfig, *, use_skeleton: bool = False
   """
   if not samples:
     raise ValueError("cannot collate an empty list of samples")
-  batch = _collate_points(samples, env_cfg)
-  batch.update(_collate_equations(samples, env_cfg, use_skeleton, max_equation_len))
+  batch = collate_points(samples, env_cfg)
+  tokens = [s.skeleton_tree_encoded if use_skeleton else s.tree_encoded for s in samples]
+  batch.update(collate_equations(tokens, env_cfg, max_equation_len))
   targets = [getattr(s, "target_property", None) for s in samples]
   if all(t is not None for t in targets):
     batch["target_property"] = np.asarray(targets, dtype=np.float32)
   return batch
 
 
-def _collate_points(samples, cfg: EnvConfig) -> dict[str, np.ndarray]:
+def collate_points(samples, cfg: EnvConfig) -> dict[str, np.ndarray]:
+  """The point arrays of `collate` for samples with `x` [n, d_in] and `y` [n, d_out]."""
   vocab = build_vocab(cfg)
   t = cfg.tokens_per_float
   max_in, max_out, max_len = cfg.max_input_dimension, cfg.max_output_dimension, cfg.max_len
@@ -88,16 +90,16 @@ def _check_shapes(xs, ys, cfg: EnvConfig) -> None:
           f" {cfg.max_input_dimension} / {cfg.max_output_dimension}")
 
 
-def _collate_equations(samples, cfg: EnvConfig, use_skeleton: bool,
-                       max_equation_len: int) -> dict[str, np.ndarray]:
+def collate_equations(token_lists: Sequence[Sequence[str]], cfg: EnvConfig,
+                      max_equation_len: int = MAX_EQUATION_LEN) -> dict[str, np.ndarray]:
+  """The equation arrays of `collate` for lists of equation tokens."""
   vocab = build_vocab(cfg)
   word2id = vocab.equation_word2id
-  b = len(samples)
+  b = len(token_lists)
   equations = np.full((b, max_equation_len), vocab.float_pad_id, dtype=np.int32)
   lengths = np.zeros(b, dtype=np.int32)
   equations[:, 0] = vocab.eos_id
-  for i, sample in enumerate(samples):
-    tokens = sample.skeleton_tree_encoded if use_skeleton else sample.tree_encoded
+  for i, tokens in enumerate(token_lists):
     if len(tokens) + 2 > max_equation_len:
       raise ValueError(f"sample {i}: equation has {len(tokens)} tokens; at most"
                        f" {max_equation_len - 2} fit between the two <EOS>")

@@ -1,0 +1,16 @@
+"""Convert an original SNIP `.pth` into a converted directory (the workdir).
+
+  python launch.py --config=configs/convert.py --config.pth=snip-10dmax.pth --workdir=ckpt/snip-10dmax
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  del arg
+  config = ml_collections.ConfigDict()
+  config.job = "convert"
+  config.pth = ""
+  config.overwrite = False
+  config.lock()
+  return config

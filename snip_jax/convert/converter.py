@@ -1,0 +1,114 @@
+"""Original `.pth` checkpoints <-> converted directories (Orbax params + config.json).
+
+A converted directory holds `params/` (an Orbax checkpoint of the Flax params tree) and
+`config.json` (the model and environment configs plus where the weights came from), which
+`load_pretrained` and the training jobs start from. `export_state_dicts` goes back to the
+original's per-module state_dict keys as a `.npz` for PyTorch users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from snip_jax.convert.pth import load_pth
+from snip_jax.model import ModelConfig, params_from_checkpoint, params_to_state_dicts
+from snip_jax.symbolic.config import EnvConfig, default_env_config
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def env_config_from_params(params: Mapping[str, Any]) -> EnvConfig:
+  """The environment options recorded in an original checkpoint's `params`."""
+  names = {f.name for f in dataclasses.fields(EnvConfig)}
+  return default_env_config(**{k: v for k, v in params.items() if k in names})
+
+
+def model_config_to_json(cfg: ModelConfig) -> dict:
+  values = dataclasses.asdict(cfg)
+  values["dtype"] = jnp.dtype(cfg.dtype).name
+  return values
+
+
+def model_config_from_json(values: Mapping[str, Any]) -> ModelConfig:
+  values = dict(values)
+  values["dtype"] = _DTYPES[values.get("dtype", "float32")]
+  return ModelConfig(**values)
+
+
+def save_converted(out_dir: str | os.PathLike, model_cfg: ModelConfig, env_cfg: EnvConfig,
+                   params: Any, source: Mapping[str, Any], overwrite: bool = False) -> pathlib.Path:
+  """Write `params` with Orbax and the configs as JSON into `out_dir`."""
+  out_dir = pathlib.Path(out_dir).absolute()
+  if (out_dir / CONFIG_FILE).exists() and not overwrite:
+    raise FileExistsError(f"{out_dir} already holds a converted checkpoint; pass overwrite=True"
+                          " (--overwrite) or choose another directory")
+  if out_dir.exists() and overwrite:
+    shutil.rmtree(out_dir / PARAMS_DIR, ignore_errors=True)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(out_dir / PARAMS_DIR, jax.tree.map(np.asarray, params))
+  checkpointer.wait_until_finished()
+  config = {"model": model_config_to_json(model_cfg), "env": dataclasses.asdict(env_cfg),
+            "source": dict(source)}
+  (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str) + "\n")
+  return out_dir
+
+
+def load_converted(path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any]:
+  """(model config, env config, params) from a converted directory."""
+  path = pathlib.Path(path).absolute()
+  if not (path / CONFIG_FILE).exists():
+    raise FileNotFoundError(f"{path} is not a converted checkpoint (no {CONFIG_FILE}); convert a"
+                            " .pth first: python -m snip_jax.convert --pth FILE --out DIR")
+  config = json.loads((path / CONFIG_FILE).read_text())
+  params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
+  return (model_config_from_json(config["model"]), default_env_config(**config["env"]),
+          jax.tree.map(np.asarray, params))
+
+
+def read_pth(pth_path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any, dict]:
+  """(model config, env config, params, provenance) from an original `.pth` checkpoint."""
+  checkpoint = load_pth(pth_path)
+  if not isinstance(checkpoint, Mapping) or "params" not in checkpoint:
+    raise ValueError(f"{pth_path} is not a SNIP training checkpoint: it has no 'params' entry")
+  original_params = dict(checkpoint["params"])
+  model_cfg, params = params_from_checkpoint(checkpoint)
+  env_cfg = env_config_from_params(original_params)
+  source = {"pth": str(pth_path), "epoch": checkpoint.get("epoch"),
+            "n_total_iter": checkpoint.get("n_total_iter")}
+  return model_cfg, env_cfg, params, source
+
+
+def convert_pth(pth_path: str | os.PathLike, out_dir: str | os.PathLike,
+                overwrite: bool = False) -> pathlib.Path:
+  """Convert an original SNIP `.pth` into a directory the JAX jobs and `load_pretrained` read."""
+  model_cfg, env_cfg, params, source = read_pth(pth_path)
+  return save_converted(out_dir, model_cfg, env_cfg, params, source, overwrite)
+
+
+def export_state_dicts(params: Any, model_cfg: ModelConfig,
+                       npz_path: str | os.PathLike) -> pathlib.Path:
+  """Write params as the original's state_dicts: keys `<module>/<state_dict key>` in a `.npz`.
+
+  In PyTorch: `sd = {k.split('/', 1)[1]: torch.from_numpy(v) for k, v in np.load(f).items()
+  if k.startswith('encoder_f/')}; model.encoder_f.load_state_dict(sd)`.
+  """
+  state_dicts = params_to_state_dicts(params, model_cfg)
+  arrays = {f"{module}/{key}": np.asarray(value)
+            for module, sd in state_dicts.items() for key, value in sd.items()}
+  npz_path = pathlib.Path(npz_path)
+  npz_path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez(npz_path, **arrays)
+  return npz_path

@@ -1,0 +1,450 @@
+"""SNIP in Flax linen: point embedder, transformer encoders and decoder, property heads.
+
+The modules mirror the original PyTorch ones (post-LN transformer, attention pooling, latent
+bottleneck) down to parameter names, so a checkpoint converts one tensor to one array.
+Inputs are batch-major ([B, slen, ...]); the original is sequence-major.
+
+Intermediates are sown into the `intermediates` collection (apply with
+`mutable=["intermediates"]`): per encoder `layer_outputs` (embedding LN output, then every
+layer), `glob_attn` (pooling weights) and `pooled`; the decoder's `hidden`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from snip_jax.model.config import HEAD_HIDDEN_DIM, N_MAX_POSITIONS, ModelConfig
+
+Array = jax.Array
+
+
+def _torch_bias_init(fan_in: int):
+  """PyTorch's default Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = fan_in ** -0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+# PyTorch's default Linear weight init (kaiming_uniform, a=sqrt(5)) is U(+-1/sqrt(fan_in)).
+_torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def _embedding_init(padding_idx: Optional[int] = None):
+  """The original's embedding init: N(0, dim**-0.5), with the padding row zeroed."""
+
+  def init(key, shape, dtype=jnp.float32):
+    table = jax.random.normal(key, shape, dtype) * shape[-1] ** -0.5
+    return table if padding_idx is None else table.at[padding_idx].set(0)
+  return init
+
+
+def _dense(features: int, fan_in: int, dtype: Any, name: Optional[str] = None) -> nn.Dense:
+  """A Dense layer initialised like torch.nn.Linear(fan_in, features)."""
+  return nn.Dense(features, dtype=dtype, kernel_init=_torch_kernel_init,
+                  bias_init=_torch_bias_init(fan_in), name=name)
+
+
+def _layer_norm(dtype: Any, name: Optional[str] = None) -> nn.LayerNorm:
+  """The original's LayerNorm: eps 1e-12, biased variance computed as E[(x - mean)^2]."""
+  return nn.LayerNorm(epsilon=1e-12, dtype=dtype, use_fast_variance=False, name=name)
+
+
+class LinearPointEmbedder(nn.Module):
+  """Float tokens of each point -> one enc_emb_dim vector; padded points are not masked here."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: Array) -> Array:
+    """tokens [B, slen, tokens_per_point] int -> [B, slen, enc_emb_dim]."""
+    cfg = self.cfg
+    if tokens.shape[-1] != cfg.tokens_per_point:
+      raise ValueError(
+          f"point tokens have {tokens.shape[-1]} entries per point; this config expects"
+          f" {cfg.tokens_per_point} = (max_input_dimension + max_output_dimension) *"
+          " (2 + mantissa_len)")
+    x = nn.Embed(cfg.n_float_words, cfg.emb_emb_dim, dtype=cfg.dtype,
+                 embedding_init=_embedding_init(cfg.float_pad_id), name="embeddings")(tokens)
+    x = x.reshape(x.shape[:-2] + (-1,))  # token-major flatten, as the original's view
+    fan_in = x.shape[-1]
+    for i in range(cfg.n_emb_layers):
+      x = nn.relu(_dense(cfg.embedder_hidden_dim, fan_in, cfg.dtype, f"hidden_layers_{i}")(x))
+      fan_in = cfg.embedder_hidden_dim
+    return _dense(cfg.enc_emb_dim, fan_in, cfg.dtype, "fc")(x)
+
+
+class MultiHeadAttention(nn.Module):
+  """Scaled dot-product attention; masked scores are -inf and the softmax runs in float32."""
+
+  n_heads: int
+  dim: int
+  dropout: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array, kv: Array, mask: Optional[Array], deterministic: bool) -> Array:
+    """x [B, q, dim], kv [B, k, dim], mask broadcastable to [B, heads, q, k] (True = attend)."""
+    head_dim = self.dim // self.n_heads
+
+    def project(name, inputs):
+      out = _dense(self.dim, self.dim, self.dtype, name)(inputs)
+      return out.reshape(out.shape[:-1] + (self.n_heads, head_dim))
+
+    q = project("q_lin", x) / head_dim ** 0.5
+    k = project("k_lin", kv)
+    v = project("v_lin", kv)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    if mask is not None:
+      scores = jnp.where(mask, scores, -jnp.inf)
+    weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    context = context.reshape(context.shape[:-2] + (self.dim,))
+    return _dense(self.dim, self.dim, self.dtype, "out_lin")(context)
+
+
+class TransformerFFN(nn.Module):
+  """lin1 -> ReLU -> [midlin -> ReLU]* -> lin2 -> dropout."""
+
+  dim: int
+  hidden_dim: int
+  n_hidden_layers: int
+  dropout: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    x = nn.relu(_dense(self.hidden_dim, self.dim, self.dtype, "lin1")(x))
+    for i in range(self.n_hidden_layers - 1):
+      x = nn.relu(_dense(self.hidden_dim, self.hidden_dim, self.dtype, f"midlin_{i}")(x))
+    x = _dense(self.dim, self.hidden_dim, self.dtype, "lin2")(x)
+    return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class Bottleneck(nn.Module):
+  """The original's BaseBottleneck: one Linear from the pooled vector to the latent."""
+
+  features: int
+  fan_in: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return _dense(self.features, self.fan_in, self.dtype, "fc1")(x)
+
+
+class OutputProjection(nn.Module):
+  """Decoder vocabulary projection; with share_inout_emb its weight is the embedding table."""
+
+  n_words: int
+  dim: int
+  tied: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array, embedding_table: Array) -> Array:
+    """x [..., dim] -> logits [..., n_words]."""
+    if self.tied:
+      kernel = embedding_table.T
+    else:
+      kernel = self.param("kernel", _torch_kernel_init, (self.dim, self.n_words))
+    bias = self.param("bias", _torch_bias_init(self.dim), (self.n_words,))
+    return x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+
+
+class _Transformer(nn.Module):
+  """Layers shared by the encoders and the decoder, named as in the original TransformerModel."""
+
+  cfg: ModelConfig
+
+  is_decoder = False
+
+  @property
+  def dim(self) -> int:
+    """Model width of this side (enc_emb_dim or dec_emb_dim)."""
+    return self.cfg.dec_emb_dim if self.is_decoder else self.cfg.enc_emb_dim
+
+  def _layer_sizes(self) -> tuple[int, int, int]:
+    """(n_layers, n_heads, n_hidden_layers) of this side of the model."""
+    cfg = self.cfg
+    if self.is_decoder:
+      return cfg.n_dec_layers, cfg.n_dec_heads, cfg.n_dec_hidden_layers
+    return cfg.n_enc_layers, cfg.n_enc_heads, cfg.n_enc_hidden_layers
+
+  def setup(self):
+    cfg, dim = self.cfg, self.dim
+    n_layers, n_heads, n_hidden_layers = self._layer_sizes()
+    self.position_embeddings = nn.Embed(N_MAX_POSITIONS, dim, dtype=cfg.dtype,
+                                        embedding_init=_embedding_init())
+    self.layer_norm_emb = _layer_norm(cfg.dtype)
+    self.attentions = [MultiHeadAttention(n_heads, dim, cfg.attention_dropout, cfg.dtype)
+                       for _ in range(n_layers)]
+    self.layer_norm1 = [_layer_norm(cfg.dtype) for _ in range(n_layers)]
+    self.ffns = [TransformerFFN(dim, 4 * dim, n_hidden_layers, cfg.dropout, cfg.dtype)
+                 for _ in range(n_layers)]
+    self.layer_norm2 = [_layer_norm(cfg.dtype) for _ in range(n_layers)]
+    if self.is_decoder:
+      self.layer_norm15 = [_layer_norm(cfg.dtype) for _ in range(n_layers)]
+      self.encoder_attn = [MultiHeadAttention(n_heads, dim, cfg.attention_dropout, cfg.dtype)
+                           for _ in range(n_layers)]
+    # Every original TransformerModel owns these three, used or not.
+    self.glob_attn_module = _dense(1, dim, cfg.dtype)
+    self.bottleneck_module = Bottleneck(cfg.latent_dim, dim, cfg.dtype)
+    self.z_projection = _dense(dim, cfg.latent_dim, cfg.dtype)
+    self.drop = nn.Dropout(cfg.dropout)
+
+  def _embed(self, tensor: Array, mask: Array, deterministic: bool) -> Array:
+    """Add positions, LayerNorm, dropout, zero the padded positions."""
+    slen = tensor.shape[1]
+    if slen > N_MAX_POSITIONS:
+      raise ValueError(f"sequence length {slen} exceeds the {N_MAX_POSITIONS} position"
+                       " embeddings")
+    tensor = tensor + self.position_embeddings(jnp.arange(slen))[None]
+    tensor = self.drop(self.layer_norm_emb(tensor), deterministic=deterministic)
+    return tensor * mask[..., None].astype(tensor.dtype)
+
+  def _layer(self, i: int, tensor: Array, attn_mask: Array, mask: Array, deterministic: bool,
+             cross_kv: Optional[Array] = None) -> Array:
+    """One post-LN block: self-attention, [cross-attention], FFN, then zero padded positions."""
+    attn = self.attentions[i](tensor, tensor, attn_mask, deterministic)
+    tensor = self.layer_norm1[i](tensor + self.drop(attn, deterministic=deterministic))
+    if cross_kv is not None:
+      attn = self.encoder_attn[i](tensor, cross_kv, None, deterministic)
+      tensor = self.layer_norm15[i](tensor + self.drop(attn, deterministic=deterministic))
+    tensor = self.layer_norm2[i](tensor + self.ffns[i](tensor, deterministic))
+    return tensor * mask[..., None].astype(tensor.dtype)
+
+
+def _length_mask(lengths: Array, slen: int) -> Array:
+  """[B, slen] bool, True at positions < length."""
+  return jnp.arange(slen)[None, :] < lengths[:, None]
+
+
+class TransformerEncoder(_Transformer):
+  """Bidirectional encoder pooled into a latent vector (encoder_y: points, encoder_f: equations).
+
+  With `with_embeddings=False` (encoder_y) the input is already embedded (the point embedder's
+  output); otherwise it is token ids embedded by `embeddings`, whose padding_idx row is the
+  equation `<PAD>` (second copy).
+  """
+
+  with_embeddings: bool = True
+
+  def setup(self):
+    super().setup()
+    if self.with_embeddings:
+      self.embeddings = nn.Embed(self.cfg.n_words, self.dim, dtype=self.cfg.dtype,
+                                 embedding_init=_embedding_init(self.cfg.eq_pad_id))
+
+  def __call__(self, x: Array, lengths: Array, deterministic: bool = True) -> Array:
+    """x [B, slen] ids or [B, slen, dim] embeddings, lengths [B] -> latent [B, latent_dim]."""
+    slen = x.shape[1]
+    mask = _length_mask(lengths, slen)
+    tensor = self.embeddings(x) if self.with_embeddings else x.astype(self.cfg.dtype)
+    tensor = self._embed(tensor, mask, deterministic)
+    self.sow("intermediates", "layer_outputs", tensor)
+    key_mask = mask[:, None, None, :]  # padded keys are masked, padded queries are computed
+    for i in range(len(self.attentions)):
+      tensor = self._layer(i, tensor, key_mask, mask, deterministic)
+      self.sow("intermediates", "layer_outputs", tensor)
+    # The original's softmax covers all slen positions, padding included.
+    scores = self.glob_attn_module(tensor)[..., 0].astype(jnp.float32)
+    if not self.cfg.pool_over_padding:
+      scores = jnp.where(mask, scores, -jnp.inf)
+    weights = jax.nn.softmax(scores, axis=-1)
+    pooled = jnp.einsum("bs,bsd->bd", weights.astype(tensor.dtype), tensor)
+    self.sow("intermediates", "glob_attn", weights)
+    self.sow("intermediates", "pooled", pooled)
+    latent = self.bottleneck_module(pooled)
+    if self.is_initializing():
+      self.z_projection(latent)
+    return latent
+
+
+class TransformerDecoder(_Transformer):
+  """Causal decoder of equation tokens conditioned on a latent through cross-attention.
+
+  The cross-attention keys/values are z_projection(latent) repeated at every position, as in
+  the original, so its softmax is uniform and its output is the same for every query.
+  """
+
+  is_decoder = True
+
+  def setup(self):
+    super().setup()
+    cfg = self.cfg
+    self.embeddings = nn.Embed(cfg.n_words, self.dim, dtype=cfg.dtype,
+                               embedding_init=_embedding_init(cfg.eq_pad_id))
+    self.proj = OutputProjection(cfg.n_words, self.dim, cfg.share_inout_emb, cfg.dtype)
+
+  def __call__(self, x: Array, lengths: Array, latent: Array,
+               deterministic: bool = True) -> Array:
+    """x [B, slen] ids, lengths [B], latent [B, latent_dim] -> hidden states [B, slen, dim]."""
+    slen = x.shape[1]
+    mask = _length_mask(lengths, slen)
+    causal = jnp.tril(jnp.ones((slen, slen), dtype=bool))[None, None]
+    tensor = self._embed(self.embeddings(x), mask, deterministic)
+    kv = self.z_projection(latent.astype(self.cfg.dtype))[:, None, :]
+    kv = jnp.broadcast_to(kv, tensor.shape)
+    for i in range(len(self.attentions)):
+      tensor = self._layer(i, tensor, causal, mask, deterministic, cross_kv=kv)
+    self.sow("intermediates", "hidden", tensor)
+    if self.is_initializing():
+      self.glob_attn_module(tensor)
+      self.bottleneck_module(tensor[:, 0])
+    return tensor
+
+  def logits(self, hidden: Array) -> Array:
+    """Hidden states [..., dim] -> vocabulary logits [..., n_words]."""
+    return self.proj(hidden, self.embeddings.embedding)
+
+
+class MLPRegressor(nn.Module):
+  """Property head: Linear(latent, 128) -> ReLU -> Linear(128, 1)."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    self.fc1 = _dense(HEAD_HIDDEN_DIM, self.cfg.latent_dim, self.cfg.dtype)
+    self.fc2 = _dense(1, HEAD_HIDDEN_DIM, self.cfg.dtype)
+
+  def __call__(self, latent: Array) -> Array:
+    """latent [B, latent_dim] -> [B, 1]."""
+    return self.fc2(nn.relu(self.fc1(latent.astype(self.cfg.dtype))))
+
+
+class MLPClassifier(MLPRegressor):
+  """The regressor followed by a sigmoid: a probability in [0, 1]."""
+
+  def __call__(self, latent: Array) -> Array:
+    """latent [B, latent_dim] -> probabilities [B, 1]."""
+    return nn.sigmoid(super().__call__(latent))
+
+
+class SNIP(nn.Module):
+  """The six original modules: embedder, encoder_y, encoder_f, decoder, regressor, classifier.
+
+  Calling the model returns the CLIP latents (z_y of the points, z_f of the equations);
+  `init` also creates the decoder and head parameters, so the tree mirrors a checkpoint.
+  Public outputs are float32 whatever the compute dtype.
+  """
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedder = LinearPointEmbedder(cfg)
+    self.encoder_y = TransformerEncoder(cfg, with_embeddings=False)
+    self.encoder_f = TransformerEncoder(cfg, with_embeddings=True)
+    self.decoder = TransformerDecoder(cfg)
+    self.regressor = MLPRegressor(cfg)
+    self.classifier = MLPClassifier(cfg)
+
+  def __call__(self, points: Array, n_points: Array, equations: Array, equation_lengths: Array,
+               deterministic: bool = True) -> tuple[Array, Array]:
+    """Batch arrays (as `collate` makes them) -> (z_y, z_f), each [B, latent_dim]."""
+    z_y = self.encode_points(points, n_points, deterministic)
+    z_f = self.encode_equations(equations, equation_lengths, deterministic)
+    if self.is_initializing():
+      self.decode(z_f, equations, equation_lengths, deterministic)
+      self.regress(z_f)
+      self.classify(z_f)
+    return z_y, z_f
+
+  def embed_points(self, points: Array) -> Array:
+    """Point tokens [B, slen, T] -> embedder output [B, slen, enc_emb_dim] (float32)."""
+    return self.embedder(points).astype(jnp.float32)
+
+  def encode_points(self, points: Array, n_points: Array, deterministic: bool = True) -> Array:
+    """Point tokens [B, slen, T], counts [B] -> z_y [B, latent_dim].
+
+    With pool_over_padding (the original's behaviour) the pooling softmax covers all slen
+    positions, so z_y depends on slen: the original's slen is the most points in the batch,
+    `collate` pads to max_len.
+    """
+    embedded = self.embedder(points)
+    return self.encoder_y(embedded, n_points, deterministic).astype(jnp.float32)
+
+  def encode_equations(self, equations: Array, equation_lengths: Array,
+                       deterministic: bool = True) -> Array:
+    """Equation ids [B, slen], lengths [B] -> z_f [B, latent_dim]."""
+    return self.encoder_f(equations, equation_lengths, deterministic).astype(jnp.float32)
+
+  def decode(self, latent: Array, equations: Array, equation_lengths: Array,
+             deterministic: bool = True) -> Array:
+    """Teacher-forced decoder logits [B, slen, n_words]; position p predicts token p + 1."""
+    hidden = self.decoder(equations, equation_lengths, latent, deterministic)
+    return self.decoder.logits(hidden).astype(jnp.float32)
+
+  def regress(self, latent: Array) -> Array:
+    """Regressor head on a latent: [B, 1]."""
+    return self.regressor(latent).astype(jnp.float32)
+
+  def classify(self, latent: Array) -> Array:
+    """Classifier head on a latent: probabilities [B, 1]."""
+    return self.classifier(latent).astype(jnp.float32)
+
+
+def dummy_inputs(cfg: ModelConfig, batch_size: int = 1) -> tuple[Array, ...]:
+  """Smallest valid inputs for `SNIP.init`: one point and a two-token equation per sample."""
+  points = jnp.full((batch_size, 1, cfg.tokens_per_point), cfg.float_pad_id, jnp.int32)
+  equations = jnp.full((batch_size, 2), cfg.eq_eos_id, jnp.int32)
+  return (points, jnp.ones((batch_size,), jnp.int32), equations,
+          jnp.full((batch_size,), 2, jnp.int32))
+
+
+def init_params(model: SNIP, rng: Array) -> dict:
+  """Freshly initialised parameters of every module (the `params` collection)."""
+  return model.init(rng, *dummy_inputs(model.cfg))["params"]
+
+
+def _maybe_normalize(z: Array, normalize: bool) -> Array:
+  """z unchanged, or L2-normalised along its last axis."""
+  return z / jnp.linalg.norm(z, axis=-1, keepdims=True) if normalize else z
+
+
+def clip_logits(z_f: Array, z_y: Array, temperature: float = 1.0,
+                normalize: bool = False) -> tuple[Array, Array]:
+  """(logits_per_f, logits_per_y) = (z_f z_y^T, z_y z_f^T) / temperature.
+
+  The original does not normalise the latents; `normalize=True` L2-normalises them first
+  (standard CLIP).
+  """
+  z_f = _maybe_normalize(z_f.astype(jnp.float32), normalize)
+  z_y = _maybe_normalize(z_y.astype(jnp.float32), normalize)
+  logits_per_f = z_f @ z_y.T / temperature
+  return logits_per_f, logits_per_f.T
+
+
+def _cross_entropy(logits: Array, labels: Array) -> Array:
+  """Per-row cross-entropy of integer labels."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+
+
+def clip_loss(z_f: Array, z_y: Array, temperature: float = 1.0, normalize: bool = False) -> Array:
+  """Symmetric InfoNCE: mean of the equation->points and points->equation cross-entropies."""
+  logits_per_f, logits_per_y = clip_logits(z_f, z_y, temperature, normalize)
+  labels = jnp.arange(logits_per_f.shape[0])
+  return (_cross_entropy(logits_per_f, labels).mean()
+          + _cross_entropy(logits_per_y, labels).mean()) / 2
+
+
+def decoder_target_mask(equation_lengths: Array, slen: int) -> Array:
+  """[B, slen] bool: positions whose next token is a target (p < length - 1)."""
+  return jnp.arange(slen)[None, :] < equation_lengths[:, None] - 1
+
+
+def decoder_loss(logits: Array, equations: Array, equation_lengths: Array) -> Array:
+  """Mean next-token cross-entropy over the targets, as the original's `predict`."""
+  slen = logits.shape[1]
+  mask = decoder_target_mask(equation_lengths, slen)[:, :-1]
+  targets = equations[:, 1:]
+  ce = _cross_entropy(logits[:, :-1], targets)
+  return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.sum(mask)
