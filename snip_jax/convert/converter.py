@@ -3,11 +3,13 @@
 A converted directory holds `params/` (an Orbax checkpoint of the Flax params tree) and
 `config.json` (the model and environment configs plus where the weights came from), which
 `load_pretrained` and the training jobs start from. `export_state_dicts` goes back to the
-original's per-module state_dict keys as a `.npz` for PyTorch users.
+original's per-module state_dict keys, as a `.pth` the original code reloads
+(`--reload_model`) or as a `.npz`.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -21,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from snip_jax.convert.pth import load_pth
+from snip_jax.convert.pth_writer import save_pth
 from snip_jax.model import ModelConfig, params_from_checkpoint, params_to_state_dicts
 from snip_jax.symbolic.config import EnvConfig, default_env_config
 
@@ -112,3 +115,19 @@ def export_state_dicts(params: Any, model_cfg: ModelConfig,
   npz_path.parent.mkdir(parents=True, exist_ok=True)
   np.savez(npz_path, **arrays)
   return npz_path
+
+
+def export_pth(params: Any, model_cfg: ModelConfig, env_cfg: EnvConfig,
+               pth_path: str | os.PathLike) -> pathlib.Path:
+  """Write a `.pth` with the six module state_dicts and `params`, as `Trainer.save_checkpoint`.
+
+  PyTorch SNIP reloads it with `--reload_model FILE`; `torch.load(FILE, weights_only=True)`
+  and `load_pretrained(FILE)` read it too.
+  """
+  state_dicts = params_to_state_dicts(params, model_cfg)
+  options = {**dataclasses.asdict(env_cfg), **model_config_to_json(model_cfg)}
+  options.pop("dtype")
+  data = {"params": options}
+  data.update({module: collections.OrderedDict((k, np.asarray(v)) for k, v in sd.items())
+               for module, sd in state_dicts.items()})
+  return save_pth(data, pth_path)
