@@ -1,6 +1,7 @@
 """Original `.pth` checkpoints <-> converted directories (Orbax params + config.json).
 
-A converted directory holds `params/` (an Orbax checkpoint of the Flax params tree) and
+A converted directory holds `params/<module>/` (one Orbax checkpoint per SNIP module, saved
+one after another so the transient copies Orbax makes stay the size of one module) and
 `config.json` (the model and environment configs plus where the weights came from), which
 `load_pretrained` and the training jobs start from. `export_state_dicts` goes back to the
 original's per-module state_dict keys, as a `.pth` the original code reloads
@@ -61,8 +62,9 @@ def save_converted(out_dir: str | os.PathLike, model_cfg: ModelConfig, env_cfg: 
     shutil.rmtree(out_dir / PARAMS_DIR, ignore_errors=True)
   out_dir.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(out_dir / PARAMS_DIR, jax.tree.map(np.asarray, params))
-  checkpointer.wait_until_finished()
+  for module, tree in params.items():
+    checkpointer.save(out_dir / PARAMS_DIR / module, jax.tree.map(np.asarray, tree))
+    checkpointer.wait_until_finished()
   config = {"model": model_config_to_json(model_cfg), "env": dataclasses.asdict(env_cfg),
             "source": dict(source)}
   (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str) + "\n")
@@ -76,9 +78,10 @@ def load_converted(path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any
     raise FileNotFoundError(f"{path} is not a converted checkpoint (no {CONFIG_FILE}); convert a"
                             " .pth first: python -m snip_jax.convert --pth FILE --out DIR")
   config = json.loads((path / CONFIG_FILE).read_text())
-  params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
-  return (model_config_from_json(config["model"]), default_env_config(**config["env"]),
-          jax.tree.map(np.asarray, params))
+  checkpointer = ocp.StandardCheckpointer()
+  params = {module.name: jax.tree.map(np.asarray, checkpointer.restore(module))
+            for module in sorted((path / PARAMS_DIR).iterdir())}
+  return model_config_from_json(config["model"]), default_env_config(**config["env"]), params
 
 
 def read_pth(pth_path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any, dict]:

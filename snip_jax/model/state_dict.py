@@ -201,7 +201,7 @@ def state_dicts_to_params(state_dicts: Mapping[str, Mapping[str, Any]],
                         " ties them); set share_inout_emb=False to load them separately")
       else:
         # Copies: the params must not alias a (possibly memory-mapped) checkpoint.
-        _set(tree, e.path, np.ascontiguousarray(array.T) if e.transpose else array.copy())
+        _set(tree, e.path, array.T.copy() if e.transpose else array.copy())
   _raise_if(errors, "state_dicts do not match the model config")
   return params
 
