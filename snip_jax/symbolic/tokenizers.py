@@ -203,6 +203,11 @@ def _check_finite(values: np.ndarray) -> None:
         "accepts finite values (filter NaN/inf before tokenising)")
 
 
+# Below this many values (e.g. an equation's constants) exact per-value formatting is faster
+# than the vectorised path's fixed numpy overhead; both give identical results.
+_SMALL_INPUT = 32
+
+
 def _exact_decomposition(value: float, precision: int) -> tuple[int, int]:
   """(digits, decimal exponent) of `value` from Python's correctly rounded formatting."""
   mantissa, exponent = (f"%.{precision}e" % value).split("e")
@@ -240,7 +245,7 @@ def _decompose(values: np.ndarray, precision: int,
                max_exponent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Flat (negative, mantissa digits, exponent token value) of finite float64 values."""
   flat = values.ravel()
-  if precision <= _MAX_FAST_PRECISION:
+  if precision <= _MAX_FAST_PRECISION and flat.size > _SMALL_INPUT:
     digits, exponent = _fast_decomposition(flat, precision)
   else:
     pairs = [_exact_decomposition(v, precision) for v in flat.tolist()]
