@@ -24,4 +24,13 @@ def run(config, workdir: str):
     path = converter.convert_pth(config.pth, workdir, overwrite=config.overwrite)
     print(f"converted: {path}")
     return path
-  raise ValueError(f"unknown job {config.job!r}; this version knows: export, convert")
+  if config.job == "pretrain":
+    from snip_jax.train import trainer  # pylint: disable=g-import-not-at-top
+
+    metrics = trainer.train_and_evaluate(config, workdir)
+    state = "preempted at" if metrics["preempted"] else "finished at"
+    print(f"pretrain {state} step {metrics['step']}\n"
+          f"checkpoints: {metrics['checkpoint_dir']}\nmetrics: {metrics['metrics_file']}\n"
+          f"tensorboard: {metrics['tensorboard_dir']}\nplots: {', '.join(metrics['plots'])}")
+    return metrics
+  raise ValueError(f"unknown job {config.job!r}; this version knows: export, convert, pretrain")

@@ -108,7 +108,7 @@ def create_train_state(model_cfg: ModelConfig, params: Any,
   return state.replace(opt_state=optimizer.init(trainables(state)))
 
 
-def _temperature(model_cfg: ModelConfig, log_temperature: Optional[jax.Array]) -> jax.Array:
+def clip_temperature(model_cfg: ModelConfig, log_temperature: Optional[jax.Array]) -> jax.Array:
   """The CLIP temperature: learned exp(log_temperature), or the config's fixed one."""
   if log_temperature is None:
     return jnp.asarray(model_cfg.clip_temperature, jnp.float32)
@@ -126,7 +126,7 @@ def _clip_objective(model: SNIP, normalize: bool, train: dict, frozen: dict, bat
   z_y, z_f = model.apply({"params": {**frozen, **train["params"]}}, batch["points"],
                          batch["n_points"], batch["equations"], batch["equation_lengths"],
                          deterministic=deterministic, rngs={"dropout": rng})
-  temperature = _temperature(model.cfg, train["log_temperature"])
+  temperature = clip_temperature(model.cfg, train["log_temperature"])
   loss = clip_loss(z_f, z_y, temperature, normalize)
   logits_per_f, logits_per_y = clip_logits(z_f, z_y, temperature, normalize)
   return loss, {"loss": loss, "accuracy_f2y": _retrieval_accuracy(logits_per_f),
@@ -276,7 +276,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                        f" created with learnable_temperature={not learnable_temperature}")
     grads, metrics = grads_fn(state, batch, rng)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["temperature"] = _temperature(model_cfg, state.log_temperature)
+    metrics["temperature"] = clip_temperature(model_cfg, state.log_temperature)
     if lr_schedule is not None:
       metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
     train = trainables(state)
@@ -310,7 +310,7 @@ def make_eval_step(model_cfg: ModelConfig, mesh: Mesh, *,
     train, frozen = trainables(state), _split(state.params, state.trainable)[1]
     _, metrics = _clip_objective(model, normalize, train, frozen, batch, jax.random.key(0),
                                  deterministic=True)
-    metrics["temperature"] = _temperature(model_cfg, state.log_temperature)
+    metrics["temperature"] = clip_temperature(model_cfg, state.log_temperature)
     return metrics
 
   replicated, split = _shardings(mesh)

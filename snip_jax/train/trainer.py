@@ -1,0 +1,567 @@
+"""The CLIP pretraining loop: data, steps, evaluation, checkpoints, metrics, resumption.
+
+`train_and_evaluate(config, workdir)` runs `configs/pretrain.py` (launch.py job `pretrain`).
+Everything lives in `workdir`:
+- `checkpoints/<step>/`: Orbax checkpoints of the TrainState (params, optimizer state, step,
+  log-temperature) and `meta` (next batch index, RNG key, best eval metric). The latest
+  `train.keep_checkpoints` are kept, plus the best by `eval.best_metric`.
+- `metrics.jsonl`: one JSON object per train log (step, loss, accuracy_f2y, accuracy_y2f, lr,
+  grad_norm, temperature, samples_per_s, step_time_s; means over the log interval) and per
+  evaluation (step, eval_loss, eval_accuracy_f2y, eval_accuracy_y2f).
+- `tensorboard/`: the same scalars as TensorBoard event files; `plots/*.png` at the end.
+
+Resuming: a rerun with the same workdir restores the latest checkpoint and continues the data
+stream at the batch after it, so it follows the same trajectory as an uninterrupted run.
+SIGTERM (preemption) makes the loop save a checkpoint at the current step and return.
+
+Multi-host: `jax.distributed.initialize` runs when `config.distributed.coordinator_address`
+is set (with num_processes and process_id), when JAX_COORDINATOR_ADDRESS is in the
+environment (with JAX_NUM_PROCESSES and JAX_PROCESS_ID), or under SLURM / Open MPI with more
+than one task (jax detects the cluster). Each process builds only its share of every global
+batch: with generated data, global batch k is the concatenation over processes p of stream
+chunk k * n + p (batch_size / n samples each), so it depends on (seed, k, n) only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import queue
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from snip_jax.data.batching import collate
+from snip_jax.data.export import env_config_from
+from snip_jax.data.pool import ChunkPool
+from snip_jax.data.stream import generate_chunk
+from snip_jax.model import SNIP, ModelConfig, clip_logits, init_params
+from snip_jax.symbolic.config import EnvConfig
+from snip_jax.train import plots
+from snip_jax.train.optimizer import inverse_sqrt_schedule, snip_optimizer
+from snip_jax.train.train_step import (BATCH_KEYS, DATA_AXIS, TrainState, clip_temperature,
+                                       create_train_state, data_mesh, make_eval_step,
+                                       make_train_step)
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+TRAIN_FIELDS = ("loss", "accuracy_f2y", "accuracy_y2f", "grad_norm", "lr", "temperature")
+EVAL_METRICS = ("eval_loss", "eval_accuracy_f2y", "eval_accuracy_y2f")
+_COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Model options that may differ from an init_from checkpoint's (no effect on the weights).
+_FREE_MODEL_OPTIONS = ("dtype", "normalize_latents", "dropout", "attention_dropout",
+                       "clip_temperature", "pool_over_padding")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite; no checkpoint was written after it."""
+
+
+# ------------------------------------------------------------------------- set-up
+
+
+def initialize_distributed(dist) -> None:
+  """jax.distributed.initialize from the config or the environment; no-op for one process."""
+  if jax.distributed.is_initialized():
+    return
+  if dist.coordinator_address:
+    jax.distributed.initialize(dist.coordinator_address,
+                               dist.num_processes if dist.num_processes > 0 else None,
+                               dist.process_id if dist.process_id >= 0 else None)
+  elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
+                               int(os.environ["JAX_NUM_PROCESSES"]),
+                               int(os.environ["JAX_PROCESS_ID"]))
+  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1):
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+def model_config(config, env_cfg: EnvConfig) -> ModelConfig:
+  """The ModelConfig of `config.model` and the train options, sized for `env_cfg`."""
+  dtype = config.train.compute_dtype
+  if dtype not in _COMPUTE_DTYPES:
+    raise ValueError(f"train.compute_dtype must be one of {sorted(_COMPUTE_DTYPES)}, got"
+                     f" {dtype!r}")
+  return ModelConfig.from_env(env_cfg, **config.model.to_dict(),
+                              normalize_latents=config.train.normalize_latents,
+                              dtype=_COMPUTE_DTYPES[dtype])
+
+
+def initial_params(config, model_cfg: ModelConfig, rng: jax.Array) -> Any:
+  """Fresh params, or those of the converted directory `train.init_from` (checked to fit)."""
+  if not config.train.init_from:
+    return init_params(SNIP(model_cfg), rng)
+  from snip_jax.convert.converter import load_converted  # pylint: disable=g-import-not-at-top
+
+  loaded_cfg, _, params = load_converted(config.train.init_from)
+  wanted = model_cfg.replace(**{k: getattr(loaded_cfg, k) for k in _FREE_MODEL_OPTIONS})
+  if wanted != loaded_cfg:
+    diffs = [f"{f.name}: config {getattr(wanted, f.name)!r} vs checkpoint"
+             f" {getattr(loaded_cfg, f.name)!r}" for f in dataclasses.fields(wanted)
+             if getattr(wanted, f.name) != getattr(loaded_cfg, f.name)]
+    raise ValueError(f"train.init_from={config.train.init_from} was trained with other model or"
+                     f" env options; set them in the config to match: {'; '.join(diffs)}")
+  logging.info("initialised from the converted checkpoint %s", config.train.init_from)
+  return params
+
+
+def make_optimizer(optim) -> tuple[Any, Callable]:
+  """(the original's optimizer, its learning-rate schedule) from `config.optim`."""
+  if optim.optimizer != "adam_inverse_sqrt":
+    raise ValueError(f"optim.optimizer={optim.optimizer!r} is not implemented; use"
+                     " 'adam_inverse_sqrt' (the original's pretraining optimizer)")
+  optimizer = snip_optimizer(optim.lr, optim.warmup_updates, optim.warmup_init_lr,
+                             optim.clip_grad_norm, optim.b1, optim.b2, optim.eps)
+  return optimizer, inverse_sqrt_schedule(optim.lr, optim.warmup_updates, optim.warmup_init_lr)
+
+
+def _local_batch_size(batch_size: int) -> int:
+  """This process's share of a global batch, which must split evenly over processes/devices."""
+  if batch_size % jax.device_count():
+    raise ValueError(f"batch_size {batch_size} must be a multiple of the {jax.device_count()}"
+                     " devices")
+  return batch_size // jax.process_count()
+
+
+# ------------------------------------------------------------------------- data
+
+
+def local_generated_batch(index: int, *, env_cfg: EnvConfig, seed: int, batch_size: int,
+                          process_index: int, process_count: int) -> dict:
+  """This process's part of global batch `index`: stream chunk index * count + process."""
+  samples, _ = generate_chunk(index * process_count + process_index, env_cfg=env_cfg,
+                              seed=seed, chunk_size=batch_size)
+  batch = collate(samples, env_cfg)
+  return {k: batch[k] for k in BATCH_KEYS}
+
+
+def host_batches(config, env_cfg: EnvConfig, start_batch: int) -> Iterator[dict]:
+  """This process's local training batches from `start_batch` on, as numpy dicts."""
+  source, seed = config.data.source, config.train.seed
+  local_bs = _local_batch_size(config.train.batch_size)
+  index, count = jax.process_index(), jax.process_count()
+  if source == "generate":
+    produce = functools.partial(local_generated_batch, env_cfg=env_cfg, seed=seed,
+                                batch_size=local_bs, process_index=index, process_count=count)
+    return (batch for _, batch in ChunkPool(produce, config.train.num_workers,
+                                            start_chunk=start_batch))
+  if source == "jsonl":
+    from snip_jax.data.tfds_corpus import jsonl_batches  # pylint: disable=g-import-not-at-top
+
+    if not config.data.jsonl_path:
+      raise ValueError("data.source='jsonl' needs data.jsonl_path=PATH/data.prefix")
+    return jsonl_batches(config.data.jsonl_path, env_cfg, local_bs, seed=seed,
+                         shuffle_buffer=config.data.shuffle_buffer, num_epochs=None,
+                         shard_index=index, shard_count=count, start_step=start_batch)
+  if source == "tfds":
+    from snip_jax.data.tfds_corpus import corpus_batches, corpus_source  # pylint: disable=g-import-not-at-top
+
+    if not config.data.tfds_dir:
+      raise ValueError("data.source='tfds' needs data.tfds_dir (build_tfds_corpus output)")
+    corpus = corpus_source(config.data.tfds_dir, config.data.tfds_split, env_cfg)
+    return corpus_batches(corpus, local_bs, seed, shard_index=index, shard_count=count,
+                          start_step=start_batch)
+  raise ValueError(f"data.source must be 'generate', 'jsonl' or 'tfds', got {source!r}")
+
+
+def global_batch(local: dict, sharding: NamedSharding) -> dict:
+  """Global arrays split along the batch axis from every process's local rows."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k]))
+          for k in BATCH_KEYS}
+
+
+class Prefetcher:
+  """A background thread keeping `size` batches placed on the devices ahead of the loop."""
+
+  _END = object()
+
+  def __init__(self, batches: Iterator[dict], place: Callable[[dict], dict], size: int):
+    self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(batches, place), daemon=True,
+                                     name="prefetch")
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    """Queue `item` unless asked to stop first."""
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _run(self, batches, place) -> None:
+    """Place batches until the stream ends, fails or close() is called."""
+    try:
+      for batch in batches:
+        if not self._put(place(batch)):
+          break
+      else:
+        self._put(self._END)
+    except BaseException as error:  # pylint: disable=broad-except
+      self._put(error)
+    finally:
+      if hasattr(batches, "close"):
+        batches.close()
+
+  def __next__(self) -> dict:
+    """The next placed batch; re-raises a data error in the loop's thread."""
+    item = self._queue.get()
+    if item is self._END:
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise RuntimeError(f"the training data stream failed: {item!r}") from item
+    return item
+
+  def close(self) -> None:
+    """Stop the thread (and with it the data workers)."""
+    self._stop.set()
+    self._thread.join(timeout=30)
+
+
+# ------------------------------------------------------------------------- evaluation
+
+
+def eval_batches(config, env_cfg: EnvConfig) -> list[dict]:
+  """The held-out generated set (seed train.seed + eval.seed_offset) in eval batches."""
+  n, bs = config.eval.n_samples, config.eval.batch_size
+  if n < 1 or bs < 1 or n % bs or bs % jax.device_count():
+    raise ValueError(f"eval.n_samples ({n}) must be a positive multiple of eval.batch_size"
+                     f" ({bs}), itself a multiple of the {jax.device_count()} devices")
+  seed = config.train.seed + config.eval.seed_offset
+  produce = functools.partial(local_generated_batch, env_cfg=env_cfg, seed=seed,
+                              batch_size=bs, process_index=0, process_count=1)
+  start = time.time()
+  with ChunkPool(produce, config.train.num_workers, end_chunk=n // bs) as pool:
+    batches = [batch for _, batch in pool]
+  logging.info("generated the eval set: %d samples in %.1f s", n, time.time() - start)
+  rows = _local_batch_size(bs)
+  offset = jax.process_index() * rows
+  return [{k: v[offset:offset + rows] for k, v in b.items()} for b in batches]
+
+
+def make_encode(model_cfg: ModelConfig) -> Callable:
+  """Jitted (params, batch) -> (z_f, z_y), replicated, for retrieval over the eval set."""
+  model = SNIP(model_cfg)
+
+  @jax.jit
+  def encode(params, batch):
+    z_y, z_f = model.apply({"params": params}, batch["points"], batch["n_points"],
+                           batch["equations"], batch["equation_lengths"], deterministic=True)
+    return z_f, z_y
+
+  return encode
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _retrieval_accuracies(z_f, z_y, temperature, normalize):
+  """Top-1 retrieval among all N candidates, both directions, from the [N, N] logits."""
+  logits_f, logits_y = clip_logits(z_f, z_y, temperature, normalize)
+  labels = jnp.arange(z_f.shape[0])
+  return (jnp.mean(jnp.argmax(logits_f, -1) == labels),
+          jnp.mean(jnp.argmax(logits_y, -1) == labels))
+
+
+def evaluate(state: TrainState, batches: list[dict], eval_step: Callable, encode: Callable,
+             model_cfg: ModelConfig) -> dict[str, float]:
+  """Mean eval-batch CLIP loss and retrieval accuracy among all the eval set's samples."""
+  losses, z_fs, z_ys = [], [], []
+  for batch in batches:
+    losses.append(eval_step(state, batch)["loss"])
+    z_f, z_y = encode(state.params, batch)
+    z_fs.append(z_f)
+    z_ys.append(z_y)
+  temperature = clip_temperature(model_cfg, state.log_temperature)
+  f2y, y2f = _retrieval_accuracies(jnp.concatenate(z_fs), jnp.concatenate(z_ys), temperature,
+                                   model_cfg.normalize_latents)
+  return {"eval_loss": float(np.mean(jax.device_get(losses))),
+          "eval_accuracy_f2y": float(f2y), "eval_accuracy_y2f": float(y2f)}
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(directory: pathlib.Path, keep: int,
+                       best_metric: str) -> ocp.CheckpointManager:
+  """Keeps the latest `keep` checkpoints and the best one by `best_metric` (async saves)."""
+  if best_metric not in EVAL_METRICS:
+    raise ValueError(f"eval.best_metric must be one of {EVAL_METRICS}, got {best_metric!r}")
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(n=max(1, keep)),
+      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric],
+                                    reverse=_lower_is_better(best_metric), n=1,
+                                    keep_checkpoints_without_metrics=False)])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                         enable_async_checkpointing=True,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def _lower_is_better(metric: str) -> bool:
+  """Losses are minimised, accuracies maximised."""
+  return metric.endswith("loss")
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dict,
+                    eval_metrics: Optional[dict]) -> None:
+  """Start an async save of `state` and `meta` at state.step (metrics rank the best)."""
+  step = int(state.step)
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)),
+               metrics=eval_metrics, force=True)
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState,
+                       step: int) -> tuple[TrainState, dict]:
+  """The state (placed like `state`) and meta saved at `step`."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  return restored["state"], restored["meta"]
+
+
+# ------------------------------------------------------------------------- metrics
+
+
+class MetricWriter:
+  """Appends to metrics.jsonl and TensorBoard (process 0 only; others drop the records)."""
+
+  def __init__(self, workdir: pathlib.Path, resume_step: int):
+    self.active = jax.process_index() == 0
+    self.path = workdir / METRICS_FILE
+    self.tensorboard_dir = workdir / TENSORBOARD_DIR
+    self._tb = None
+    if not self.active:
+      return
+    _drop_records_after(self.path, resume_step)
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+    self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=resume_step + 1,
+                             flush_secs=10)
+
+  def write(self, step: int, record: dict[str, float]) -> None:
+    """One JSON line {step, **record} and one TensorBoard scalar per field."""
+    if not self.active:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **record}) + "\n")
+    for key, value in record.items():
+      self._tb.add_scalar(key, value, step)
+
+  def close(self) -> None:
+    """Flush and close the event file."""
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+  """Forget records a stopped run logged past the checkpoint it resumes from."""
+  if not path.exists():
+    return
+  lines = [line for line in path.read_text().splitlines()
+           if line.strip() and json.loads(line)["step"] <= step]
+  path.write_text("".join(line + "\n" for line in lines))
+
+
+def _check_finite(step: int, metrics: dict, manager: ocp.CheckpointManager) -> None:
+  """Raise NonFiniteLossError naming `step` if its loss is NaN or infinite."""
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(
+        f"the training loss is {loss} at step {step}; stopped without saving it. The last"
+        f" checkpoint is step {manager.latest_step()} in {manager.directory}. Lower optim.lr or"
+        " raise optim.warmup_updates, or check the data, then rerun to resume from it")
+
+
+class _SigtermFlag:
+  """Sets `requested` on SIGTERM (preemption); the loop saves and stops at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+    self.requested = True
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------------------- the loop
+
+
+def _mean_train_metrics(window: list[dict]) -> dict[str, float]:
+  """Means over a log interval of the step metrics (fetched from the devices once)."""
+  fetched = jax.device_get(window)
+  return {k: float(np.mean([m[k] for m in fetched])) for k in TRAIN_FIELDS if k in fetched[0]}
+
+
+def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Pretrain SNIP with CLIP as `config` says, in (and resuming from) `workdir`.
+
+  Returns the final metrics: the last train log's means, the last evaluation, `step`,
+  `preempted` (True if SIGTERM stopped the run) and where the outputs are.
+  """
+  initialize_distributed(config.distributed)
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  tc = config.train
+  env_cfg = env_config_from(config.env)
+  model_cfg = model_config(config, env_cfg)
+  mesh = data_mesh()
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  init_rng, step_rng = jax.random.split(jax.random.key(tc.seed))
+
+  optimizer, schedule = make_optimizer(config.optim)
+  state = create_train_state(model_cfg, initial_params(config, model_cfg, init_rng), optimizer,
+                             trainable=tuple(tc.trainable),
+                             learnable_temperature=tc.learnable_temperature)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  train_step = make_train_step(model_cfg, optimizer, mesh, trainable=tuple(tc.trainable),
+                               learnable_temperature=tc.learnable_temperature,
+                               grad_accum_steps=tc.grad_accum_steps, lr_schedule=schedule)
+  eval_step = make_eval_step(model_cfg, mesh)
+  encode = make_encode(model_cfg)
+
+  manager = checkpoint_manager(workdir / CHECKPOINT_DIR, tc.keep_checkpoints,
+                               config.eval.best_metric)
+  meta = {"next_batch": 0, "rng": jax.device_get(jax.random.key_data(step_rng)).tolist(),
+          "best": None, "batch_size": tc.batch_size, "process_count": jax.process_count()}
+  latest = manager.latest_step()
+  if latest is not None:
+    state, meta = restore_checkpoint(manager, state, latest)
+    _check_resumable(meta, tc.batch_size)
+    step_rng = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
+    logging.info("resumed from %s/%d (next batch %d)", manager.directory, latest,
+                 meta["next_batch"])
+  step = int(state.step)
+  writer = MetricWriter(workdir, step)
+  evals = [global_batch(b, batch_sharding) for b in eval_batches(config, env_cfg)]
+  run_eval = functools.partial(evaluate, batches=evals, eval_step=eval_step, encode=encode,
+                               model_cfg=model_cfg)
+
+  train_log, eval_metrics, last_eval_step, preempted = {}, {}, -1, False
+  prefetch = Prefetcher(host_batches(config, env_cfg, meta["next_batch"]),
+                        lambda b: global_batch(b, batch_sharding), tc.prefetch_batches)
+  try:
+    with _SigtermFlag() as sigterm:
+      window, previous, t_log, steps_at_log = [], None, time.time(), step
+      while step < tc.num_train_steps:
+        if sigterm.requested or manager.reached_preemption(step):
+          preempted = True
+          break
+        state, metrics = train_step(state, next(prefetch), step_rng)
+        step += 1
+        if previous is not None:
+          _check_finite(*previous, manager)
+        previous = (step, metrics)
+        window.append(metrics)
+        last = step == tc.num_train_steps
+        if step % tc.log_every_steps == 0 or last:
+          _check_finite(step, metrics, manager)
+          elapsed = time.time() - t_log
+          train_log = _mean_train_metrics(window)
+          n = step - steps_at_log
+          train_log.update(samples_per_s=n * tc.batch_size / elapsed, step_time_s=elapsed / n)
+          writer.write(step, train_log)
+          _log_progress(step, tc, train_log)
+          window, t_log, steps_at_log = [], time.time(), step
+        improved = False
+        if step % tc.eval_every_steps == 0 or last:
+          _check_finite(step, metrics, manager)
+          t_eval = time.time()
+          eval_metrics, last_eval_step = run_eval(state), step
+          t_log += time.time() - t_eval  # throughput counts training time only
+          writer.write(step, eval_metrics)
+          logging.info("step %d eval: %s", step, _fmt(eval_metrics))
+          improved = _is_better(eval_metrics[config.eval.best_metric], meta["best"],
+                                config.eval.best_metric)
+          if improved:
+            meta["best"] = {"step": step, "value": eval_metrics[config.eval.best_metric]}
+        if step % tc.checkpoint_every_steps == 0 or last or improved:
+          _check_finite(step, metrics, manager)
+          meta["next_batch"] = step
+          save_checkpoint(manager, state, meta,
+                          eval_metrics if last_eval_step == step else None)
+      if preempted and manager.latest_step() != step:
+        if previous is not None:
+          _check_finite(*previous, manager)
+        meta["next_batch"] = step
+        save_checkpoint(manager, state, meta, None)
+        logging.warning("preempted: saved step %d; rerun the same command to resume", step)
+      if not preempted and last_eval_step != step:
+        eval_metrics = run_eval(state)
+  finally:
+    prefetch.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+
+  pngs = plots.plot_workdir(workdir) if jax.process_index() == 0 else []
+  logging.info("checkpoints: %s\nmetrics: %s\ntensorboard: %s\nplots: %s",
+               manager.directory, writer.path, writer.tensorboard_dir,
+               ", ".join(map(str, pngs)) or "none")
+  return {**train_log, **eval_metrics, "step": step, "preempted": preempted,
+          "checkpoint_dir": str(manager.directory), "metrics_file": str(writer.path),
+          "tensorboard_dir": str(writer.tensorboard_dir), "plots": [str(p) for p in pngs]}
+
+
+def _check_resumable(meta: dict, batch_size: int) -> None:
+  """Warn when the restored run used another global batch or process count (other data)."""
+  if meta.get("batch_size") != batch_size or meta.get("process_count") != jax.process_count():
+    logging.warning("the checkpoint was written with batch_size %s on %s processes, this run"
+                    " has %d on %d: the data stream after the resume point differs",
+                    meta.get("batch_size"), meta.get("process_count"), batch_size,
+                    jax.process_count())
+
+
+def _is_better(value: float, best: Optional[dict], metric: str) -> bool:
+  """Whether `value` beats the best so far of `metric`."""
+  if best is None:
+    return True
+  return value < best["value"] if _lower_is_better(metric) else value > best["value"]
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+  """`k=v` pairs for a log line."""
+  return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def _log_progress(step: int, tc, train_log: dict[str, float]) -> None:
+  """One progress line: step, epoch, loss, accuracies, throughput, ETA."""
+  eta_s = (tc.num_train_steps - step) * train_log["step_time_s"]
+  logging.info("step %d/%d (epoch %.2f) loss %.4f acc f2y %.3f y2f %.3f lr %.3g | %.1f"
+               " samples/s, ETA %s", step, tc.num_train_steps, step / tc.n_steps_per_epoch,
+               train_log["loss"], train_log["accuracy_f2y"], train_log["accuracy_y2f"],
+               train_log.get("lr", float("nan")), train_log["samples_per_s"],
+               time.strftime("%H:%M:%S", time.gmtime(eta_s)) if eta_s < 86400
+               else f"{eta_s / 86400:.1f} days")

@@ -1,0 +1,190 @@
+"""The pretraining loop end to end: outputs, exact resumption, SIGTERM, NaN stop, init_from."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import pretrain
+from snip_jax.convert.converter import convert_pth, load_converted
+from snip_jax.train import trainer
+from snip_jax.train.train_step import create_train_state, data_mesh, make_eval_step
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_PTH = REPO / "tests" / "fixtures" / "snip_original" / "tiny.pth"
+TRAIN_FIELDS = ("step", "loss", "accuracy_f2y", "accuracy_y2f", "lr", "grad_norm",
+                "temperature", "samples_per_s", "step_time_s")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Share compiled steps between the runs of this module (each run jits anew)."""
+  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  yield cache
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+# runlocal with one layer per transformer (half the compile time), in-process generation and a
+# 16-sample eval set; the subprocess runs pass the same flags so they hit the compilation cache.
+SMALL_FLAGS = ("--config.model.n_enc_layers=1", "--config.model.n_dec_layers=1",
+               "--config.train.num_workers=0", "--config.train.log_every_steps=1",
+               "--config.eval.n_samples=16", "--config.eval.batch_size=16")
+
+
+def _config(**train):
+  """The SMALL_FLAGS config; `train` overrides config.train."""
+  config = pretrain.get_config("runlocal")
+  config.model.n_enc_layers = config.model.n_dec_layers = 1
+  config.train.num_workers = 0
+  config.train.log_every_steps = 1
+  config.eval.n_samples = 16
+  config.eval.batch_size = 16
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def _records(workdir):
+  return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+
+
+def _train_losses(workdir):
+  return [(r["step"], r["loss"]) for r in _records(workdir) if "loss" in r]
+
+
+def _saved_state(workdir, step):
+  return ocp.StandardCheckpointer().restore(pathlib.Path(workdir) / "checkpoints" / str(step)
+                                            / "state")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  """An uninterrupted 12-step run, checkpoint and eval every 6 steps."""
+  workdir = tmp_path_factory.mktemp("full")
+  config = _config(num_train_steps=12, checkpoint_every_steps=6, eval_every_steps=6)
+  return workdir, trainer.train_and_evaluate(config, workdir)
+
+
+def test_run_writes_checkpoints_metrics_tensorboard_and_plots(full_run):
+  workdir, final = full_run
+  assert final["step"] == 12 and not final["preempted"]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [6, 12]
+  records = _records(workdir)
+  train = [r for r in records if "loss" in r]
+  assert [r["step"] for r in train] == list(range(1, 13))
+  for record in train:
+    assert set(TRAIN_FIELDS) <= set(record), record
+    assert all(np.isfinite(record[k]) for k in TRAIN_FIELDS)
+  evals = [r for r in records if "eval_loss" in r]
+  assert [r["step"] for r in evals] == [6, 12]
+  for record in evals:
+    assert 0.0 <= record["eval_accuracy_f2y"] <= 1.0 and 0.0 <= record["eval_accuracy_y2f"] <= 1.0
+  assert final["eval_loss"] == evals[-1]["eval_loss"]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert final["plots"] and all(pathlib.Path(p).stat().st_size > 0 for p in final["plots"])
+  assert {pathlib.Path(p).name for p in final["plots"]} >= {"loss.png", "accuracy.png"}
+
+
+def test_resumed_run_follows_the_uninterrupted_trajectory(full_run, tmp_path):
+  workdir, _ = full_run
+  trainer.train_and_evaluate(_config(num_train_steps=6, checkpoint_every_steps=6,
+                                     eval_every_steps=6), tmp_path)
+  final = trainer.train_and_evaluate(_config(num_train_steps=12, checkpoint_every_steps=6,
+                                             eval_every_steps=6), tmp_path)
+  assert final["step"] == 12
+  assert _train_losses(tmp_path) == _train_losses(workdir)
+  expected, resumed = _saved_state(workdir, 12), _saved_state(tmp_path, 12)
+  assert jax.tree.structure(expected) == jax.tree.structure(resumed)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(tmp_path):
+  config = _config(num_train_steps=20, checkpoint_every_steps=1, eval_every_steps=100)
+  config.optim.lr = config.optim.warmup_init_lr = 1e30
+  with pytest.raises(trainer.NonFiniteLossError, match=r"at step (\d+)") as error:
+    trainer.train_and_evaluate(config, tmp_path)
+  bad_step = int(error.value.args[0].split("at step ")[1].split(";")[0])
+  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert saved and max(saved) < bad_step
+  for step in saved:
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(_saved_state(tmp_path, step)))
+
+
+def test_init_from_a_converted_checkpoint_starts_from_its_weights(tmp_path):
+  converted = convert_pth(TINY_PTH, tmp_path / "converted")
+  model_cfg, env_cfg, params = load_converted(converted)
+  config = _config(num_train_steps=1, init_from=str(converted))
+  for key, value in dataclasses.asdict(env_cfg).items():
+    config.env[key] = value
+  for key in config.model:
+    config.model[key] = getattr(model_cfg, key)
+  trainer.train_and_evaluate(config, tmp_path / "run")
+
+  model_cfg = trainer.model_config(config, env_cfg)
+  optimizer, _ = trainer.make_optimizer(config.optim)
+  state = create_train_state(model_cfg, params, optimizer)
+  batch = trainer.local_generated_batch(0, env_cfg=env_cfg, seed=config.train.seed,
+                                        batch_size=config.train.batch_size, process_index=0,
+                                        process_count=1)
+  expected = float(make_eval_step(model_cfg, data_mesh())(state, batch)["loss"])
+  assert _train_losses(tmp_path / "run")[0][1] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_init_from_with_another_model_config_is_refused(tmp_path):
+  converted = convert_pth(TINY_PTH, tmp_path / "converted")
+  with pytest.raises(ValueError, match="init_from.*mantissa_len"):
+    trainer.train_and_evaluate(_config(init_from=str(converted)), tmp_path / "run")
+
+
+def _launch(workdir, *flags):
+  """launch.py pretrain runlocal in a subprocess (stdout/stderr piped)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  command = [sys.executable, "launch.py", "--config=configs/pretrain.py:runlocal",
+             f"--workdir={workdir}", *SMALL_FLAGS, *flags]
+  return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_saves_and_exits_cleanly_then_launch_resumes(tmp_path):
+  process = _launch(tmp_path, "--config.train.num_train_steps=100000",
+                    "--config.train.checkpoint_every_steps=100000",
+                    "--config.train.eval_every_steps=100000")
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 90
+  while not (metrics.exists() and metrics.read_text().strip()):
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.time() < deadline, "no metrics line within 90 s"
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=60)
+  assert process.returncode == 0, stderr[-3000:]
+  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and saved[0] >= 1
+  assert f"pretrain preempted at step {saved[0]}" in stdout
+
+  target = saved[0] + 2
+  process = _launch(tmp_path, f"--config.train.num_train_steps={target}")
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-3000:]
+  assert f"resumed from {tmp_path / 'checkpoints'}/{saved[0]}" in stderr
+  assert f"pretrain finished at step {target}" in stdout
+  for what in ("checkpoints:", "metrics:", "tensorboard:", "plots:"):
+    assert what in stdout
+  assert [s for s, _ in _train_losses(tmp_path)] == list(range(1, target + 1))
