@@ -352,3 +352,21 @@ def test_eight_devices_match_one_device_with_global_negatives(multi_device_run, 
   errors = {f"{m}/{key}": float(np.abs(results[f"params/{m}/{key}"] - v).max())
             for m, sd in one_device.items() for key, v in sd.items()}
   _assert_params_close("8 devices vs 1", errors, tol=1e-5)
+
+
+def test_train_step_compiles_once_for_collated_batches(replay_data, mesh):
+  from snip_jax.data.batching import collate  # pylint: disable=g-import-not-at-top
+  from snip_jax.symbolic import default_env_config, generate_sample  # pylint: disable=g-import-not-at-top
+
+  meta, _, cfg, init, _ = replay_data[REPLAYS[0]]
+  env_cfg = default_env_config(max_input_dimension=cfg.max_input_dimension,
+                               float_precision=cfg.float_precision, mantissa_len=cfg.mantissa_len)
+  rng = np.random.default_rng(0)
+  optimizer, schedule = _optimizer(meta)
+  step = make_train_step(cfg, optimizer, mesh, lr_schedule=schedule)
+  state = create_train_state(cfg, init, optimizer)
+  for _ in range(3):
+    batch = collate([generate_sample(rng, env_cfg) for _ in range(4)], env_cfg)
+    state, metrics = step(state, batch, jax.random.key(0))
+  assert np.isfinite(float(metrics["loss"]))
+  assert step.jitted._cache_size() == 1  # pylint: disable=protected-access

@@ -291,8 +291,12 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
   jitted = jax.jit(train_step, in_shardings=(replicated, split, replicated),
                    out_shardings=(replicated, replicated), donate_argnums=0)
   multiple = mesh.shape[DATA_AXIS] * grad_accum_steps
-  return lambda state, batch, rng: jitted(_placed(state, mesh),
-                                         _batch_arrays(batch, mesh, multiple), rng)
+
+  def step(state, batch, rng):
+    return jitted(_placed(state, mesh), _batch_arrays(batch, mesh, multiple), rng)
+
+  step.jitted = jitted  # for inspection, e.g. jitted._cache_size(): compilations so far
+  return step
 
 
 def make_eval_step(model_cfg: ModelConfig, mesh: Mesh, *,
