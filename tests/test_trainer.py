@@ -1,9 +1,13 @@
-"""The pretraining loop end to end: outputs, exact resumption, SIGTERM, NaN stop, init_from."""
+"""The pretraining loop end to end: outputs, exact resumption (SIGTERM, SIGKILL, a corrupt
+checkpoint), NaN stop, init_from, and that the runlocal preset learns."""
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,11 +110,45 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(full_run, tmp_path):
   final = trainer.train_and_evaluate(_config(num_train_steps=12, checkpoint_every_steps=6,
                                              eval_every_steps=6), tmp_path)
   assert final["step"] == 12
-  assert _train_losses(tmp_path) == _train_losses(workdir)
-  expected, resumed = _saved_state(workdir, 12), _saved_state(tmp_path, 12)
-  assert jax.tree.structure(expected) == jax.tree.structure(resumed)
-  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
+  _assert_same_run(tmp_path, workdir, 12)
+
+
+def _assert_same_run(workdir, expected_workdir, step):
+  """Same per-step losses and bit-identical saved state at `step` as `expected_workdir`."""
+  assert _train_losses(workdir) == _train_losses(expected_workdir)
+  expected, got = _saved_state(expected_workdir, step), _saved_state(workdir, step)
+  assert jax.tree.structure(expected) == jax.tree.structure(got)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_unrestorable_latest_checkpoint_falls_back_to_the_previous_one(full_run, tmp_path,
+                                                                       caplog):
+  workdir, _ = full_run
+  shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+  shutil.copy(workdir / "metrics.jsonl", tmp_path / "metrics.jsonl")
+  data_files = [f for f in (tmp_path / "checkpoints" / "12" / "state").rglob("*")
+                if f.is_file() and f.parent.name == "d"]  # OCDBT array data
+  assert data_files
+  for f in data_files:
+    f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+  with caplog.at_level(logging.WARNING):
+    final = trainer.train_and_evaluate(_config(num_train_steps=12, checkpoint_every_steps=6,
+                                               eval_every_steps=6), tmp_path)
+  assert "checkpoint step 12" in caplog.text and "does not restore" in caplog.text
+  assert final["step"] == 12
+  assert [p.name.split("-")[0] for p in (tmp_path / "checkpoints_unrestorable").iterdir()] == ["12"]
+  _assert_same_run(tmp_path, workdir, 12)
+
+
+def test_no_restorable_checkpoint_is_a_clear_error(full_run, tmp_path):
+  workdir, _ = full_run
+  shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+  for step in ("6", "12"):
+    shutil.rmtree(tmp_path / "checkpoints" / step / "state")
+  with pytest.raises(RuntimeError, match=r"none of the checkpoints .* restores.*step 12.*step 6"):
+    trainer.train_and_evaluate(_config(num_train_steps=12), tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["12", "6"]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(tmp_path):
@@ -188,3 +226,39 @@ def test_sigterm_saves_and_exits_cleanly_then_launch_resumes(tmp_path):
   for what in ("checkpoints:", "metrics:", "tensorboard:", "plots:"):
     assert what in stdout
   assert [s for s, _ in _train_losses(tmp_path)] == list(range(1, target + 1))
+
+
+def _logged_steps(metrics):
+  """Train steps in metrics.jsonl so far (a half-written last line is ignored)."""
+  steps = []
+  for line in metrics.read_text().splitlines() if metrics.exists() else []:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if "loss" in record:
+      steps.append(record["step"])
+  return steps
+
+
+def test_sigkill_at_a_random_step_then_launch_resumes_the_same_run(full_run, tmp_path):
+  workdir, _ = full_run
+  flags = ("--config.train.num_train_steps=12", "--config.train.checkpoint_every_steps=2",
+           "--config.train.eval_every_steps=6")
+  kill_after = random.Random(0).randrange(3, 10)  # a step past the first checkpoint (2)
+  process = _launch(tmp_path, *flags)
+  metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 90
+  while not _logged_steps(metrics) or _logged_steps(metrics)[-1] < kill_after:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.time() < deadline, f"step {kill_after} not logged within 90 s"
+    time.sleep(0.01)
+  process.kill()
+  process.communicate(timeout=30)
+  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert saved and max(saved) < 12, saved
+
+  process = _launch(tmp_path, *flags)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-3000:]
+  assert "resumed from" in stderr and "pretrain finished at step 12" in stdout
+  _assert_same_run(tmp_path, workdir, 12)

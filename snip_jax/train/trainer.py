@@ -11,7 +11,9 @@ Everything lives in `workdir`:
 - `tensorboard/`: the same scalars as TensorBoard event files; `plots/*.png` at the end.
 
 Resuming: a rerun with the same workdir restores the latest checkpoint and continues the data
-stream at the batch after it, so it follows the same trajectory as an uninterrupted run.
+stream at the batch after it, so it follows the same trajectory as an uninterrupted run. A
+checkpoint that fails to restore (e.g. truncated files) is logged, moved to
+`checkpoints_unrestorable/`, and the previous one is used instead.
 SIGTERM (preemption) makes the loop save a checkpoint at the current step and return.
 
 Multi-host: `jax.distributed.initialize` runs when `config.distributed.coordinator_address`
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from snip_jax.data.batching import collate
@@ -56,6 +59,7 @@ from snip_jax.train.train_step import (BATCH_KEYS, DATA_AXIS, TrainState, clip_t
                                        make_train_step)
 
 CHECKPOINT_DIR = "checkpoints"
+UNRESTORABLE_DIR = "checkpoints_unrestorable"  # checkpoints that failed to restore
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 TRAIN_FIELDS = ("loss", "accuracy_f2y", "accuracy_y2f", "grad_norm", "lr", "temperature")
@@ -341,6 +345,38 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState,
   return restored["state"], restored["meta"]
 
 
+def restore_latest_good(manager: ocp.CheckpointManager, state: TrainState,
+                        workdir: pathlib.Path) -> tuple[TrainState, dict, int]:
+  """The newest checkpoint that restores; newer unreadable ones are warned about, set aside."""
+  steps, failed = sorted(manager.all_steps(), reverse=True), []
+  for step in steps:
+    try:
+      restored_state, meta = restore_checkpoint(manager, state, step)
+    except Exception as error:  # pylint: disable=broad-except
+      logging.warning("checkpoint step %d in %s does not restore: %r; trying the previous one",
+                      step, manager.directory, error)
+      failed.append((step, error))
+      continue
+    for bad, _ in failed:
+      _set_aside(manager, bad, workdir / UNRESTORABLE_DIR)
+    return restored_state, meta, step
+  raise RuntimeError(
+      f"none of the checkpoints in {manager.directory} restores (a changed model/optimizer"
+      " config, or corrupt files?): " + "; ".join(f"step {s}: {e!r}" for s, e in failed)
+      + ". Restore the config they were written with, or use a new workdir to start over")
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, directory: pathlib.Path) -> None:
+  """Move checkpoint `step` out of the manager's directory so a new save can take its step."""
+  if jax.process_index() == 0:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    (pathlib.Path(manager.directory) / str(step)).rename(target)
+    logging.warning("moved the unrestorable checkpoint step %d to %s", step, target)
+  multihost_utils.sync_global_devices(f"snip_set_aside_checkpoint_{step}")
+  manager.reload()
+
+
 # ------------------------------------------------------------------------- metrics
 
 
@@ -380,8 +416,18 @@ def _drop_records_after(path: pathlib.Path, step: int) -> None:
   if not path.exists():
     return
   lines = [line for line in path.read_text().splitlines()
-           if line.strip() and json.loads(line)["step"] <= step]
+           if line.strip() and _record_step(line, path) <= step]
   path.write_text("".join(line + "\n" for line in lines))
+
+
+def _record_step(line: str, path: pathlib.Path) -> float:
+  """A metrics line's step; inf (dropped) for a line a killed run left half-written."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError):
+    logging.warning("dropping an unreadable line of %s (a killed run's last write?): %.80r",
+                    path, line)
+    return math.inf
 
 
 def _check_finite(step: int, metrics: dict, manager: ocp.CheckpointManager) -> None:
@@ -456,9 +502,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
                                config.eval.best_metric)
   meta = {"next_batch": 0, "rng": jax.device_get(jax.random.key_data(step_rng)).tolist(),
           "best": None, "batch_size": tc.batch_size, "process_count": jax.process_count()}
-  latest = manager.latest_step()
-  if latest is not None:
-    state, meta = restore_checkpoint(manager, state, latest)
+  if manager.all_steps():
+    state, meta, latest = restore_latest_good(manager, state, workdir)
     _check_resumable(meta, tc.batch_size)
     step_rng = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
     logging.info("resumed from %s/%d (next batch %d)", manager.directory, latest,
