@@ -26,7 +26,7 @@ from snip_jax.data.batching import collate_equations, collate_points
 from snip_jax.model import SNIP, ModelConfig
 from snip_jax.symbolic.config import EnvConfig
 from snip_jax.symbolic.datapoints import normalize_outputs
-from snip_jax.symbolic.tokenizers import encode_prefix
+from snip_jax.symbolic.tokenizers import build_vocab, encode_prefix
 from snip_jax.symbolic.trees import Expression, from_sympy, parse_infix, parse_prefix
 
 ArrayLike = Union[np.ndarray, Sequence[float]]
@@ -119,7 +119,7 @@ class Pretrained:
       tokens = encode_prefix(expr.prefix_list(), self.env_cfg)
     except ValueError as err:
       raise ValueError(f"equation {index}: {err}") from None
-    unknown = [t for t in tokens if t not in _vocab(self.env_cfg).equation_word2id]
+    unknown = [t for t in tokens if t not in build_vocab(self.env_cfg).equation_word2id]
     if unknown:
       raise ValueError(f"equation {index}: token {unknown[0]!r} is not in this model's vocabulary"
                        f" (max_input_dimension={self.env_cfg.max_input_dimension})")
@@ -148,12 +148,6 @@ class Pretrained:
       b = b / np.linalg.norm(b, axis=-1, keepdims=True)
       return a @ b.T
     return a @ b.T / self.model_cfg.clip_temperature
-
-
-def _vocab(env_cfg: EnvConfig):
-  from snip_jax.symbolic.tokenizers import build_vocab  # pylint: disable=g-import-not-at-top
-
-  return build_vocab(env_cfg)
 
 
 def to_expression(item, max_int: int = 10) -> Expression:

@@ -20,6 +20,7 @@ import pytest
 
 from configs import pretrain
 from snip_jax.convert.converter import convert_pth, load_converted
+from snip_jax.data.stream import batch_stream
 from snip_jax.train import trainer
 from snip_jax.train.train_step import create_train_state, data_mesh, make_eval_step
 
@@ -176,9 +177,8 @@ def test_init_from_a_converted_checkpoint_starts_from_its_weights(tmp_path):
   model_cfg = trainer.model_config(config, env_cfg)
   optimizer, _ = trainer.make_optimizer(config.optim)
   state = create_train_state(model_cfg, params, optimizer)
-  batch = trainer.local_generated_batch(0, env_cfg=env_cfg, seed=config.train.seed,
-                                        batch_size=config.train.batch_size, process_index=0,
-                                        process_count=1)
+  batch = next(batch_stream(env_cfg, seed=config.train.seed,
+                            batch_size=config.train.batch_size)).payload
   expected = float(make_eval_step(model_cfg, data_mesh())(state, batch)["loss"])
   assert _train_losses(tmp_path / "run")[0][1] == pytest.approx(expected, rel=1e-6, abs=1e-6)
 

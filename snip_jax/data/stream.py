@@ -43,9 +43,9 @@ def generate_chunk(chunk_index: int, *, env_cfg: EnvConfig, seed: int, chunk_siz
 
 
 def _batch_chunk(chunk_index: int, *, env_cfg: EnvConfig, seed: int, batch_size: int,
-                 use_skeleton: bool) -> Chunk:
-  samples, stats = generate_chunk(chunk_index, env_cfg=env_cfg, seed=seed,
-                                  chunk_size=batch_size)
+                 use_skeleton: bool, process_index: int, process_count: int) -> Chunk:
+  samples, stats = generate_chunk(chunk_index * process_count + process_index, env_cfg=env_cfg,
+                                  seed=seed, chunk_size=batch_size)
   return Chunk(chunk_index, collate(samples, env_cfg, use_skeleton=use_skeleton), stats)
 
 
@@ -58,10 +58,16 @@ def _mapped_chunk(chunk_index: int, *, env_cfg: EnvConfig, seed: int, chunk_size
 
 def batch_stream(env_cfg: EnvConfig, *, seed: int, batch_size: int, num_workers: int = 0,
                  start_batch: int = 0, end_batch: Optional[int] = None,
-                 use_skeleton: bool = False, **pool_kwargs) -> Iterator[Chunk]:
-  """Collated training batches (one chunk = one batch), in order, from a worker pool."""
+                 use_skeleton: bool = False, process_index: int = 0, process_count: int = 1,
+                 **pool_kwargs) -> Iterator[Chunk]:
+  """Collated training batches (one chunk = one batch), in order, from a worker pool.
+
+  With several processes (hosts), process p's batch k is stream chunk k * count + p, so the
+  hosts' `batch_size`-sample slices together form a deterministic global batch.
+  """
   produce = functools.partial(_batch_chunk, env_cfg=env_cfg, seed=seed, batch_size=batch_size,
-                              use_skeleton=use_skeleton)
+                              use_skeleton=use_skeleton, process_index=process_index,
+                              process_count=process_count)
   return _stream(produce, num_workers, start_batch, end_batch, pool_kwargs)
 
 

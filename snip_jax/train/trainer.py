@@ -46,10 +46,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from snip_jax.data.batching import collate
 from snip_jax.data.export import env_config_from
-from snip_jax.data.pool import ChunkPool
-from snip_jax.data.stream import generate_chunk
+from snip_jax.data.stream import batch_stream
 from snip_jax.model import SNIP, ModelConfig, clip_logits, init_params
 from snip_jax.symbolic.config import EnvConfig
 from snip_jax.train import plots
@@ -149,25 +147,16 @@ def _local_batch_size(batch_size: int) -> int:
 # ------------------------------------------------------------------------- data
 
 
-def local_generated_batch(index: int, *, env_cfg: EnvConfig, seed: int, batch_size: int,
-                          process_index: int, process_count: int) -> dict:
-  """This process's part of global batch `index`: stream chunk index * count + process."""
-  samples, _ = generate_chunk(index * process_count + process_index, env_cfg=env_cfg,
-                              seed=seed, chunk_size=batch_size)
-  batch = collate(samples, env_cfg)
-  return {k: batch[k] for k in BATCH_KEYS}
-
-
 def host_batches(config, env_cfg: EnvConfig, start_batch: int) -> Iterator[dict]:
   """This process's local training batches from `start_batch` on, as numpy dicts."""
   source, seed = config.data.source, config.train.seed
   local_bs = _local_batch_size(config.train.batch_size)
   index, count = jax.process_index(), jax.process_count()
   if source == "generate":
-    produce = functools.partial(local_generated_batch, env_cfg=env_cfg, seed=seed,
-                                batch_size=local_bs, process_index=index, process_count=count)
-    return (batch for _, batch in ChunkPool(produce, config.train.num_workers,
-                                            start_chunk=start_batch))
+    stream = batch_stream(env_cfg, seed=seed, batch_size=local_bs,
+                          num_workers=config.train.num_workers, start_batch=start_batch,
+                          process_index=index, process_count=count)
+    return ({k: chunk.payload[k] for k in BATCH_KEYS} for chunk in stream)
   if source == "jsonl":
     from snip_jax.data.tfds_corpus import jsonl_batches  # pylint: disable=g-import-not-at-top
 
@@ -254,11 +243,10 @@ def eval_batches(config, env_cfg: EnvConfig) -> list[dict]:
     raise ValueError(f"eval.n_samples ({n}) must be a positive multiple of eval.batch_size"
                      f" ({bs}), itself a multiple of the {jax.device_count()} devices")
   seed = config.train.seed + config.eval.seed_offset
-  produce = functools.partial(local_generated_batch, env_cfg=env_cfg, seed=seed,
-                              batch_size=bs, process_index=0, process_count=1)
   start = time.time()
-  with ChunkPool(produce, config.train.num_workers, end_chunk=n // bs) as pool:
-    batches = [batch for _, batch in pool]
+  batches = [{k: chunk.payload[k] for k in BATCH_KEYS}
+             for chunk in batch_stream(env_cfg, seed=seed, batch_size=bs,
+                                       num_workers=config.train.num_workers, end_batch=n // bs)]
   logging.info("generated the eval set: %d samples in %.1f s", n, time.time() - start)
   rows = _local_batch_size(bs)
   offset = jax.process_index() * rows
