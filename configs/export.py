@@ -4,7 +4,8 @@
   python launch.py --config=configs/export.py:d10 --workdir=DIR --config.export.n_samples=1000000
 
 Presets: `d1` (snip-1d-normalized data: max_input_dimension 1, normalize_y), `d10` (snip-10dmax
-data), `ncr`/`upward`/`yavg`/`oscil` (1-D property-prediction corpora with `target_property`),
+data), `ncr`/`upward`/`yavg`/`oscil` (1-D property-prediction sets with `target_property`: 10k train and
+1k test in workdir/split/data.prefix.{train,test}; export.tfds=True adds a TFDS copy),
 `runlocal` (tiny, a few seconds on a laptop CPU). Every `env` field keeps the original's name.
 """
 
@@ -43,6 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.export.n_valid = 0  # > 0 (or n_test > 0): dedup + split into workdir/split/
   config.export.n_test = 0
   config.export.dedup_key = "tree"  # or "skeleton"
+  config.export.tfds = False  # also write the split as a TFDS ArrayRecord dataset (workdir/tfds)
 
   if preset == "d1":
     config.env.normalize_y = True
@@ -51,7 +53,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   elif preset in PROPERTY_TYPES:
     config.env.is_proppred = True
     config.env.property_type = preset
-    config.export.n_samples = 10_000
+    # The original's property sets: 10k training and 1k test labels. Duplicated equations are
+    # dropped before the split, so train holds 10k minus the (few) duplicates.
+    config.export.n_samples = 11_000
+    config.export.n_test = 1_000
   elif preset == "runlocal":
     config.export.n_samples = 1000
     config.export.chunk_size = 50

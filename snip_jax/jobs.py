@@ -33,4 +33,30 @@ def run(config, workdir: str):
           f"checkpoints: {metrics['checkpoint_dir']}\nmetrics: {metrics['metrics_file']}\n"
           f"tensorboard: {metrics['tensorboard_dir']}\nplots: {', '.join(metrics['plots'])}")
     return metrics
-  raise ValueError(f"unknown job {config.job!r}; this version knows: export, convert, pretrain")
+  if config.job in ("proppred", "proppred_eval"):
+    from snip_jax.tasks import proppred  # pylint: disable=g-import-not-at-top
+
+    if config.job == "proppred_eval":
+      results = proppred.report(config, workdir)
+    else:
+      outcome = proppred.train_and_report(config, workdir)
+      train = outcome["train"]
+      state = "preempted at" if train["preempted"] else "finished at"
+      print(f"proppred {state} step {train['step']}\ncheckpoints: {train['checkpoint_dir']}\n"
+            f"metrics: {train['metrics_file']}\nplots: {', '.join(train['plots'])}")
+      results = outcome.get("report")
+    if results is not None:
+      _print_report(results)
+    return results
+  raise ValueError(f"unknown job {config.job!r}; this version knows: export, convert, pretrain,"
+                   " proppred, proppred_eval")
+
+
+def _print_report(results: dict) -> None:
+  """The test metrics next to the chance level, and where the results are."""
+  print(f"{results['property']} ({results['variant']}) on {results['n_test']} test samples:")
+  for name, value in results["metrics"].items():
+    print(f"  {name:24s} {value:10.4f}   chance {results['chance'][name]:10.4f}")
+  print(f"results: {results['results_file']}")
+  for plot in results.get("plots", []):
+    print(f"plot: {plot}")

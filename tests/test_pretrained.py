@@ -120,7 +120,7 @@ def test_bad_inputs_get_clear_errors(io, tiny, tmp_path):
     tiny.embed_equations(["add,x_0"])
   with pytest.raises(FileNotFoundError, match="does not exist"):
     snip_jax.load_pretrained(tmp_path / "missing.pth")
-  with pytest.raises(FileNotFoundError, match="not a converted checkpoint"):
+  with pytest.raises(FileNotFoundError, match="neither a converted checkpoint nor a training workdir"):
     snip_jax.load_pretrained(tmp_path)
 
 

@@ -30,6 +30,7 @@ from snip_jax.symbolic.config import EnvConfig, default_env_config
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+WORKDIR_CHECKPOINTS = "checkpoints"  # a training workdir's Orbax checkpoints (snip_jax.train)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -72,16 +73,33 @@ def save_converted(out_dir: str | os.PathLike, model_cfg: ModelConfig, env_cfg: 
 
 
 def load_converted(path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any]:
-  """(model config, env config, params) from a converted directory."""
+  """(model config, env config, params) from a converted directory or a training workdir.
+
+  A training workdir (launch.py pretrain / proppred) gives the params of its latest checkpoint.
+  """
   path = pathlib.Path(path).absolute()
   if not (path / CONFIG_FILE).exists():
-    raise FileNotFoundError(f"{path} is not a converted checkpoint (no {CONFIG_FILE}); convert a"
-                            " .pth first: python -m snip_jax.convert --pth FILE --out DIR")
+    raise FileNotFoundError(f"{path} is neither a converted checkpoint nor a training workdir"
+                            f" (no {CONFIG_FILE}); convert a .pth first: python -m"
+                            " snip_jax.convert --pth FILE --out DIR")
   config = json.loads((path / CONFIG_FILE).read_text())
-  checkpointer = ocp.StandardCheckpointer()
-  params = {module.name: jax.tree.map(np.asarray, checkpointer.restore(module))
-            for module in sorted((path / PARAMS_DIR).iterdir())}
+  if (path / PARAMS_DIR).is_dir():
+    checkpointer = ocp.StandardCheckpointer()
+    params = {module.name: jax.tree.map(np.asarray, checkpointer.restore(module))
+              for module in sorted((path / PARAMS_DIR).iterdir())}
+  else:
+    params = latest_checkpoint_params(path / WORKDIR_CHECKPOINTS)
   return model_config_from_json(config["model"]), default_env_config(**config["env"]), params
+
+
+def latest_checkpoint_params(directory: pathlib.Path) -> Any:
+  """The model params of the newest step in a training workdir's `checkpoints/`."""
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
+      directory.is_dir()) else []
+  if not steps:
+    raise FileNotFoundError(f"{directory} holds no checkpoint: has that training run saved one?")
+  state = ocp.StandardCheckpointer().restore(directory / str(steps[-1]) / "state")
+  return jax.tree.map(np.asarray, state["params"])
 
 
 def read_pth(pth_path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any, dict]:

@@ -401,11 +401,21 @@ def run_export(config, workdir: str) -> pathlib.Path:
   """`launch.py` entry point: export `config.export.n_samples`, then split if asked."""
   env_cfg = env_config_from(config.env)
   ex = config.export
+  if ex.tfds and not (ex.n_valid or ex.n_test):
+    raise ValueError("export.tfds writes the train/valid/test split: set export.n_test (and/or"
+                     " export.n_valid) > 0")
   path = export_corpus(workdir, env_cfg, n_samples=ex.n_samples, seed=config.seed,
                        chunk_size=ex.chunk_size, num_workers=ex.num_workers,
                        write_infix=ex.write_infix, log_every_s=ex.log_every_s,
                        chunk_timeout_s=ex.chunk_timeout_s or None)
   if ex.n_valid or ex.n_test:
-    split_corpus(path, pathlib.Path(workdir) / "split", n_valid=ex.n_valid, n_test=ex.n_test,
-                 seed=config.seed, key=ex.dedup_key)
+    split_dir = pathlib.Path(workdir) / "split"
+    counts = split_corpus(path, split_dir, n_valid=ex.n_valid, n_test=ex.n_test,
+                          seed=config.seed, key=ex.dedup_key)
+    if ex.tfds:
+      from snip_jax.data.tfds_corpus import build_tfds_corpus  # pylint: disable=g-import-not-at-top
+
+      splits = {s: split_dir / f"{PREFIX_FILE}.{s}" for s, n in counts.items() if n}
+      corpus = build_tfds_corpus(splits, pathlib.Path(workdir) / "tfds", env_cfg)
+      logging.info("TFDS copy of the split: %s", corpus.data_dir)
   return path

@@ -390,6 +390,12 @@ class SNIP(nn.Module):
     """Classifier head on a latent: probabilities [B, 1]."""
     return self.classifier(latent).astype(jnp.float32)
 
+  def predict_property(self, equations: Array, equation_lengths: Array,
+                       deterministic: bool = True) -> tuple[Array, Array]:
+    """The original's numeric-property predictor: (regressor(z_f) [B], z_f [B, latent_dim])."""
+    z_f = self.encode_equations(equations, equation_lengths, deterministic)
+    return self.regress(z_f)[:, 0], z_f
+
 
 def dummy_inputs(cfg: ModelConfig, batch_size: int = 1) -> tuple[Array, ...]:
   """Smallest valid inputs for `SNIP.init`: one point and a two-token equation per sample."""

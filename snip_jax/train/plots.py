@@ -1,4 +1,4 @@
-"""PNG plots of a training workdir's metrics.jsonl (loss, retrieval accuracy, optimizer).
+"""PNG plots of a training workdir's metrics.jsonl (loss, accuracy or R^2, optimizer).
 
   python -m snip_jax.train.plots --workdir DIR     # writes DIR/plots/*.png
 """
@@ -14,11 +14,14 @@ from absl import app, flags, logging
 
 # (file name, title, [(metrics.jsonl key, label)]) of each figure.
 FIGURES = (
-    ("loss.png", "CLIP loss", [("loss", "train"), ("eval_loss", "eval")]),
+    ("loss.png", "loss (CLIP, or MSE for property prediction)",
+     [("loss", "train"), ("eval_loss", "eval")]),
     ("accuracy.png", "top-1 retrieval accuracy",
      [("accuracy_f2y", "train f->y (in batch)"), ("accuracy_y2f", "train y->f (in batch)"),
       ("eval_accuracy_f2y", "eval f->y (all eval samples)"),
       ("eval_accuracy_y2f", "eval y->f (all eval samples)")]),
+    ("regression.png", "held-out property prediction",
+     [("eval_r2", "eval R^2"), ("eval_nmse", "eval NMSE")]),
     ("optimizer.png", "optimizer", [("lr", "learning rate"), ("grad_norm", "grad norm"),
                                     ("temperature", "temperature")]),
     ("throughput.png", "throughput", [("samples_per_s", "samples/s")]),

@@ -19,10 +19,14 @@ micro-batches (micro-batch j = samples j, j+k, j+2k, ..., so no sample changes d
 each is its own CLIP batch (negatives only within it), and the update uses the mean of their
 gradients. That is the original's `accumulate_gradients=k` (k backward passes of loss/k,
 then one step), NOT one CLIP loss over the whole batch.
+
+The objective is CLIP by default; `PROPERTY` (the original's property-prediction step: MSE
+of regressor(encoder_f(equation)) against `target_property`) runs through the same steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -38,6 +42,7 @@ from snip_jax.model import MODULE_NAMES, SNIP, ModelConfig, clip_logits, clip_lo
 DATA_AXIS = "data"
 CLIP_TRAINABLE = ("embedder", "encoder_y", "encoder_f")  # the original's CLIP step
 BATCH_KEYS = ("points", "n_points", "equations", "equation_lengths")
+PROPERTY_BATCH_KEYS = ("equations", "equation_lengths", "target_property")
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -120,17 +125,54 @@ def _retrieval_accuracy(logits: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, axis=-1) == jnp.arange(logits.shape[0]))
 
 
-def _clip_objective(model: SNIP, normalize: bool, train: dict, frozen: dict, batch: Batch,
-                    rng: jax.Array, deterministic: bool) -> tuple[jax.Array, Metrics]:
+def _clip_objective(model: SNIP, normalize: bool, params: dict,
+                    log_temperature: Optional[jax.Array], batch: Batch, rng: jax.Array,
+                    deterministic: bool) -> tuple[jax.Array, Metrics]:
   """The original's CLIP loss of one batch and its retrieval accuracies."""
-  z_y, z_f = model.apply({"params": {**frozen, **train["params"]}}, batch["points"],
-                         batch["n_points"], batch["equations"], batch["equation_lengths"],
+  z_y, z_f = model.apply({"params": params}, batch["points"], batch["n_points"],
+                         batch["equations"], batch["equation_lengths"],
                          deterministic=deterministic, rngs={"dropout": rng})
-  temperature = clip_temperature(model.cfg, train["log_temperature"])
+  temperature = clip_temperature(model.cfg, log_temperature)
   loss = clip_loss(z_f, z_y, temperature, normalize)
   logits_per_f, logits_per_y = clip_logits(z_f, z_y, temperature, normalize)
   return loss, {"loss": loss, "accuracy_f2y": _retrieval_accuracy(logits_per_f),
                 "accuracy_y2f": _retrieval_accuracy(logits_per_y)}
+
+
+def _property_objective(model: SNIP, normalize: bool, params: dict,
+                        log_temperature: Optional[jax.Array], batch: Batch, rng: jax.Array,
+                        deterministic: bool) -> tuple[jax.Array, Metrics]:
+  """The original's property loss: MSE of regressor(z_f) against target_property."""
+  del normalize, log_temperature
+  prediction, _ = model.apply({"params": params}, batch["equations"], batch["equation_lengths"],
+                              deterministic=deterministic, rngs={"dropout": rng},
+                              method=SNIP.predict_property)
+  loss = jnp.mean(jnp.square(prediction - batch["target_property"].astype(jnp.float32)))
+  return loss, {"loss": loss}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the steps optimise: the batch arrays they read, (loss, metrics) of a batch."""
+
+  name: str
+  batch_keys: tuple[str, ...]
+  metric_names: tuple[str, ...]
+  loss_and_metrics: Callable[..., tuple[jax.Array, Metrics]]
+  uses_temperature: bool
+
+
+CLIP = Objective("clip", BATCH_KEYS, ("loss", "accuracy_f2y", "accuracy_y2f"), _clip_objective,
+                 uses_temperature=True)
+PROPERTY = Objective("property", PROPERTY_BATCH_KEYS, ("loss",), _property_objective,
+                     uses_temperature=False)
+
+
+def _objective_of(objective: Objective, model: SNIP, normalize: bool, train: dict, frozen: dict,
+                  batch: Batch, rng: jax.Array, deterministic: bool):
+  """`objective` on the merged trainable and frozen params."""
+  return objective.loss_and_metrics(model, normalize, {**frozen, **train["params"]},
+                                    train["log_temperature"], batch, rng, deterministic)
 
 
 def _micro_batches(batch: Batch, k: int, mesh: Mesh) -> Batch:
@@ -145,12 +187,13 @@ def _micro_batches(batch: Batch, k: int, mesh: Mesh) -> Batch:
 
 
 def _grads_fn(model_cfg: ModelConfig, mesh: Mesh, trainable: tuple[str, ...], normalize: bool,
-              grad_accum_steps: int) -> Callable:
+              grad_accum_steps: int, objective_spec: Objective) -> Callable:
   """(state, batch, rng) -> (grads over `trainables(state)`, metrics), not jitted."""
   model = SNIP(model_cfg)
 
   def objective(train, frozen, batch, rng):
-    return _clip_objective(model, normalize, train, frozen, batch, rng, deterministic=False)
+    return _objective_of(objective_spec, model, normalize, train, frozen, batch, rng,
+                         deterministic=False)
 
   value_and_grad = jax.value_and_grad(objective, has_aux=True)
 
@@ -168,7 +211,7 @@ def _grads_fn(model_cfg: ModelConfig, mesh: Mesh, trainable: tuple[str, ...], no
                                            jax.random.fold_in(rng, index))
       return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, (train, _metric_shapes()))
+    zeros = jax.tree.map(jnp.zeros_like, (train, _metric_shapes(objective_spec)))
     micro = (jnp.arange(grad_accum_steps), _micro_batches(batch, grad_accum_steps, mesh))
     total, _ = jax.lax.scan(accumulate, zeros, micro)
     return jax.tree.map(lambda x: x / grad_accum_steps, total)
@@ -176,9 +219,9 @@ def _grads_fn(model_cfg: ModelConfig, mesh: Mesh, trainable: tuple[str, ...], no
   return grads_fn
 
 
-def _metric_shapes() -> Metrics:
-  """Zero scalars shaped like `_clip_objective`'s metrics (the accumulation carry)."""
-  return {k: jnp.zeros([], jnp.float32) for k in ("loss", "accuracy_f2y", "accuracy_y2f")}
+def _metric_shapes(objective: Objective) -> Metrics:
+  """Zero scalars shaped like the objective's metrics (the accumulation carry)."""
+  return {k: jnp.zeros([], jnp.float32) for k in objective.metric_names}
 
 
 def _check_state(state: TrainState, trainable: tuple[str, ...]) -> None:
@@ -205,14 +248,14 @@ def _shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
   return NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
 
 
-def _batch_arrays(batch: Batch, mesh: Mesh, multiple: int) -> Batch:
-  """The model's four batch arrays, checked to split evenly into `multiple` parts, sharded."""
-  missing = [k for k in BATCH_KEYS if k not in batch]
+def _batch_arrays(batch: Batch, mesh: Mesh, multiple: int, keys: tuple[str, ...]) -> Batch:
+  """The objective's batch arrays, checked to split evenly into `multiple` parts, sharded."""
+  missing = [k for k in keys if k not in batch]
   if missing:
-    raise ValueError(f"the batch lacks {', '.join(missing)}; it needs {', '.join(BATCH_KEYS)}"
+    raise ValueError(f"the batch lacks {', '.join(missing)}; it needs {', '.join(keys)}"
                      " (as snip_jax.data.batching.collate makes them)")
-  arrays = {k: batch[k] for k in BATCH_KEYS}
-  size = int(np.shape(arrays["points"])[0])
+  arrays = {k: batch[k] for k in keys}
+  size = int(np.shape(arrays[keys[0]])[0])
   if size % multiple:
     raise ValueError(f"batch size {size} must be a multiple of {multiple} (the {DATA_AXIS}"
                      f" mesh axis has {mesh.shape[DATA_AXIS]} devices; times grad_accum_steps)")
@@ -226,7 +269,8 @@ def _placed(state: TrainState, mesh: Mesh) -> TrainState:
 
 def make_grad_fn(model_cfg: ModelConfig, mesh: Mesh, *,
                  trainable: Sequence[str] = CLIP_TRAINABLE,
-                 normalize_latents: Optional[bool] = None, grad_accum_steps: int = 1
+                 normalize_latents: Optional[bool] = None, grad_accum_steps: int = 1,
+                 objective: Objective = CLIP
                  ) -> Callable[[TrainState, Batch, jax.Array], tuple[dict, Metrics]]:
   """Jitted (state, batch, rng) -> (grads, metrics) of the train step, without the update.
 
@@ -235,21 +279,22 @@ def make_grad_fn(model_cfg: ModelConfig, mesh: Mesh, *,
   trainable, grad_accum_steps = _check_options(trainable, grad_accum_steps)
   normalize = model_cfg.normalize_latents if normalize_latents is None else normalize_latents
   replicated, split = _shardings(mesh)
-  jitted = jax.jit(_grads_fn(model_cfg, mesh, trainable, normalize, grad_accum_steps),
+  jitted = jax.jit(_grads_fn(model_cfg, mesh, trainable, normalize, grad_accum_steps,
+                             objective),
                    in_shardings=(replicated, split, replicated),
                    out_shardings=(replicated, replicated))
   multiple = mesh.shape[DATA_AXIS] * grad_accum_steps
-  return lambda state, batch, rng: jitted(_placed(state, mesh),
-                                         _batch_arrays(batch, mesh, multiple), rng)
+  return lambda state, batch, rng: jitted(
+      _placed(state, mesh), _batch_arrays(batch, mesh, multiple, objective.batch_keys), rng)
 
 
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                     mesh: Mesh, *, trainable: Sequence[str] = CLIP_TRAINABLE,
                     normalize_latents: Optional[bool] = None,
                     learnable_temperature: bool = False, grad_accum_steps: int = 1,
-                    lr_schedule: Optional[optax.Schedule] = None
+                    lr_schedule: Optional[optax.Schedule] = None, objective: Objective = CLIP
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-  """The jitted CLIP train step (state, batch, rng) -> (new state, metrics).
+  """The jitted train step (state, batch, rng) -> (new state, metrics), CLIP by default.
 
   `batch` holds points [B, slen, T], n_points [B], equations [B, 200], equation_lengths [B]
   (other keys are ignored); B must split evenly over the mesh's `data` axis (and into
@@ -264,11 +309,12 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
   Metrics (replicated scalars): loss, accuracy_f2y (equation -> its points, top-1 in the
   batch), accuracy_y2f, grad_norm (global L2 norm before clipping), temperature, and lr
   when `lr_schedule` (the schedule inside `optimizer`) is given: its value at state.step,
-  i.e. the rate this update uses.
+  i.e. the rate this update uses. With `objective=PROPERTY` the batch holds equations,
+  equation_lengths and target_property [B], and the metrics are loss (MSE), grad_norm, lr.
   """
   trainable, grad_accum_steps = _check_options(trainable, grad_accum_steps)
   normalize = model_cfg.normalize_latents if normalize_latents is None else normalize_latents
-  grads_fn = _grads_fn(model_cfg, mesh, trainable, normalize, grad_accum_steps)
+  grads_fn = _grads_fn(model_cfg, mesh, trainable, normalize, grad_accum_steps, objective)
 
   def train_step(state, batch, rng):
     if (state.log_temperature is not None) != learnable_temperature:
@@ -276,7 +322,8 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                        f" created with learnable_temperature={not learnable_temperature}")
     grads, metrics = grads_fn(state, batch, rng)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["temperature"] = clip_temperature(model_cfg, state.log_temperature)
+    if objective.uses_temperature:
+      metrics["temperature"] = clip_temperature(model_cfg, state.log_temperature)
     if lr_schedule is not None:
       metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
     train = trainables(state)
@@ -293,31 +340,34 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
   multiple = mesh.shape[DATA_AXIS] * grad_accum_steps
 
   def step(state, batch, rng):
-    return jitted(_placed(state, mesh), _batch_arrays(batch, mesh, multiple), rng)
+    return jitted(_placed(state, mesh),
+                  _batch_arrays(batch, mesh, multiple, objective.batch_keys), rng)
 
   step.jitted = jitted  # for inspection, e.g. jitted._cache_size(): compilations so far
   return step
 
 
 def make_eval_step(model_cfg: ModelConfig, mesh: Mesh, *,
-                   normalize_latents: Optional[bool] = None
+                   normalize_latents: Optional[bool] = None, objective: Objective = CLIP
                    ) -> Callable[[TrainState, Batch], Metrics]:
   """Jitted (state, batch) -> metrics: loss, accuracy_f2y, accuracy_y2f, temperature.
 
   No update and no dropout; the loss and accuracies are over the global batch, as in
-  make_train_step.
+  make_train_step. For `objective=PROPERTY`: the loss (MSE) only.
   """
   normalize = model_cfg.normalize_latents if normalize_latents is None else normalize_latents
   model = SNIP(model_cfg)
 
   def eval_step(state, batch):
     train, frozen = trainables(state), _split(state.params, state.trainable)[1]
-    _, metrics = _clip_objective(model, normalize, train, frozen, batch, jax.random.key(0),
-                                 deterministic=True)
-    metrics["temperature"] = clip_temperature(model_cfg, state.log_temperature)
+    _, metrics = _objective_of(objective, model, normalize, train, frozen, batch,
+                               jax.random.key(0), deterministic=True)
+    if objective.uses_temperature:
+      metrics["temperature"] = clip_temperature(model_cfg, state.log_temperature)
     return metrics
 
   replicated, split = _shardings(mesh)
   jitted = jax.jit(eval_step, in_shardings=(replicated, split), out_shardings=replicated)
   multiple = mesh.shape[DATA_AXIS]
-  return lambda state, batch: jitted(_placed(state, mesh), _batch_arrays(batch, mesh, multiple))
+  return lambda state, batch: jitted(
+      _placed(state, mesh), _batch_arrays(batch, mesh, multiple, objective.batch_keys))

@@ -1,13 +1,17 @@
-"""The CLIP pretraining loop: data, steps, evaluation, checkpoints, metrics, resumption.
+"""The training loop: data, steps, evaluation, checkpoints, metrics, resumption.
 
-`train_and_evaluate(config, workdir)` runs `configs/pretrain.py` (launch.py job `pretrain`).
-Everything lives in `workdir`:
+`train_and_evaluate(config, workdir)` runs `configs/pretrain.py` (launch.py job `pretrain`);
+with `make_task=snip_jax.tasks.proppred.proppred_task` the same loop trains the property
+predictor (`configs/proppred.py`). A `Task` says what differs: the objective, the batches and
+the evaluation. Everything lives in `workdir`:
+- `config.json`: the model and env configs (and the run's config), so `init_from` and
+  `load_pretrained` accept the workdir like a converted checkpoint.
 - `checkpoints/<step>/`: Orbax checkpoints of the TrainState (params, optimizer state, step,
   log-temperature) and `meta` (next batch index, RNG key, best eval metric). The latest
   `train.keep_checkpoints` are kept, plus the best by `eval.best_metric`.
 - `metrics.jsonl`: one JSON object per train log (step, loss, accuracy_f2y, accuracy_y2f, lr,
   grad_norm, temperature, samples_per_s, step_time_s; means over the log interval) and per
-  evaluation (step, eval_loss, eval_accuracy_f2y, eval_accuracy_y2f).
+  evaluation (step, eval_loss, eval_accuracy_f2y, eval_accuracy_y2f; the task's eval metrics).
 - `tensorboard/`: the same scalars as TensorBoard event files; `plots/*.png` at the end.
 
 Resuming: a rerun with the same workdir restores the latest checkpoint and continues the data
@@ -36,7 +40,7 @@ import queue
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,22 +50,24 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from snip_jax.convert.converter import (CONFIG_FILE, WORKDIR_CHECKPOINTS, load_converted,
+                                       model_config_to_json)
 from snip_jax.data.export import env_config_from
 from snip_jax.data.stream import batch_stream
 from snip_jax.model import SNIP, ModelConfig, clip_logits, init_params
 from snip_jax.symbolic.config import EnvConfig
 from snip_jax.train import plots
 from snip_jax.train.optimizer import inverse_sqrt_schedule, snip_optimizer
-from snip_jax.train.train_step import (BATCH_KEYS, DATA_AXIS, TrainState, clip_temperature,
-                                       create_train_state, data_mesh, make_eval_step,
-                                       make_train_step)
+from snip_jax.train.train_step import (BATCH_KEYS, CLIP, DATA_AXIS, Objective, TrainState,
+                                       clip_temperature, create_train_state, data_mesh,
+                                       make_eval_step, make_train_step)
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = WORKDIR_CHECKPOINTS
 UNRESTORABLE_DIR = "checkpoints_unrestorable"  # checkpoints that failed to restore
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-TRAIN_FIELDS = ("loss", "accuracy_f2y", "accuracy_y2f", "grad_norm", "lr", "temperature")
 EVAL_METRICS = ("eval_loss", "eval_accuracy_f2y", "eval_accuracy_y2f")
+LOWER_IS_BETTER = ("loss", "mse", "nmse")  # eval metric name endings minimised, not maximised
 _COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Model options that may differ from an init_from checkpoint's (no effect on the weights).
 _FREE_MODEL_OPTIONS = ("dtype", "normalize_latents", "dropout", "attention_dropout",
@@ -70,6 +76,23 @@ _FREE_MODEL_OPTIONS = ("dtype", "normalize_latents", "dropout", "attention_dropo
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite; no checkpoint was written after it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What the shared loop trains on and how it evaluates; see clip_task.
+
+  `host_batches(start_batch)` yields this process's rows of every global batch from
+  `start_batch` on (a deterministic function of the batch index, for exact resumption);
+  `evaluate(state)` returns the `eval_metrics`; `init_modules` are the modules `init_from`
+  copies (the rest keep their fresh initialisation).
+  """
+
+  objective: Objective
+  host_batches: Callable[[int], Iterator[dict]]
+  evaluate: Callable[[TrainState], dict[str, float]]
+  eval_metrics: tuple[str, ...]
+  init_modules: Optional[tuple[str, ...]] = None  # None: all modules
 
 
 # ------------------------------------------------------------------------- set-up
@@ -108,22 +131,46 @@ def model_config(config, env_cfg: EnvConfig) -> ModelConfig:
                               dtype=_COMPUTE_DTYPES[dtype])
 
 
-def initial_params(config, model_cfg: ModelConfig, rng: jax.Array) -> Any:
-  """Fresh params, or those of the converted directory `train.init_from` (checked to fit)."""
-  if not config.train.init_from:
-    return init_params(SNIP(model_cfg), rng)
-  from snip_jax.convert.converter import load_converted  # pylint: disable=g-import-not-at-top
+def initial_params(config, model_cfg: ModelConfig, rng: jax.Array,
+                   modules: Optional[Sequence[str]] = None) -> Any:
+  """Fresh params, with `modules` (default all) from `train.init_from` (checked to fit).
 
-  loaded_cfg, _, params = load_converted(config.train.init_from)
+  `train.init_from` is a converted directory (launch.py convert job) or a workdir of ours
+  (its latest checkpoint).
+  """
+  fresh = init_params(SNIP(model_cfg), rng)
+  if not config.train.init_from:
+    return fresh
+  loaded_cfg, _, loaded = load_converted(config.train.init_from)
+  check_compatible(model_cfg, loaded_cfg, config.train.init_from)
+  modules = tuple(fresh) if modules is None else tuple(modules)
+  logging.info("initialised %s from %s", ", ".join(modules), config.train.init_from)
+  return {m: loaded[m] if m in modules else p for m, p in fresh.items()}
+
+
+def check_compatible(model_cfg: ModelConfig, loaded_cfg: ModelConfig, source: str) -> None:
+  """Raise naming every model/vocabulary option where `source`'s weights differ from the config."""
   wanted = model_cfg.replace(**{k: getattr(loaded_cfg, k) for k in _FREE_MODEL_OPTIONS})
-  if wanted != loaded_cfg:
-    diffs = [f"{f.name}: config {getattr(wanted, f.name)!r} vs checkpoint"
-             f" {getattr(loaded_cfg, f.name)!r}" for f in dataclasses.fields(wanted)
-             if getattr(wanted, f.name) != getattr(loaded_cfg, f.name)]
-    raise ValueError(f"train.init_from={config.train.init_from} was trained with other model or"
-                     f" env options; set them in the config to match: {'; '.join(diffs)}")
-  logging.info("initialised from the converted checkpoint %s", config.train.init_from)
-  return params
+  if wanted == loaded_cfg:
+    return
+  diffs = [f"{f.name}: config {getattr(wanted, f.name)!r} vs checkpoint"
+           f" {getattr(loaded_cfg, f.name)!r}" for f in dataclasses.fields(wanted)
+           if getattr(wanted, f.name) != getattr(loaded_cfg, f.name)]
+  vocab = any(d.startswith(("n_words", "n_float_words")) for d in diffs)
+  raise ValueError(f"train.init_from={source} does not fit this config"
+                   f"{' (another vocabulary: set the env options it was trained with)' if vocab else ''};"
+                   f" set these to match: {'; '.join(diffs)}")
+
+
+def write_run_config(workdir: pathlib.Path, model_cfg: ModelConfig, env_cfg: EnvConfig,
+                     config) -> None:
+  """workdir/config.json: what init_from and load_pretrained need to read the checkpoints."""
+  if jax.process_index() != 0:
+    return
+  record = {"model": model_config_to_json(model_cfg), "env": dataclasses.asdict(env_cfg),
+            "source": {"workdir": str(workdir), "job": config.job},
+            "run_config": json.loads(config.to_json_best_effort())}
+  (workdir / CONFIG_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n")
 
 
 def make_optimizer(optim) -> tuple[Any, Callable]:
@@ -136,7 +183,7 @@ def make_optimizer(optim) -> tuple[Any, Callable]:
   return optimizer, inverse_sqrt_schedule(optim.lr, optim.warmup_updates, optim.warmup_init_lr)
 
 
-def _local_batch_size(batch_size: int) -> int:
+def local_batch_size(batch_size: int) -> int:
   """This process's share of a global batch, which must split evenly over processes/devices."""
   if batch_size % jax.device_count():
     raise ValueError(f"batch_size {batch_size} must be a multiple of the {jax.device_count()}"
@@ -148,9 +195,9 @@ def _local_batch_size(batch_size: int) -> int:
 
 
 def host_batches(config, env_cfg: EnvConfig, start_batch: int) -> Iterator[dict]:
-  """This process's local training batches from `start_batch` on, as numpy dicts."""
+  """This process's local CLIP training batches from `start_batch` on, as numpy dicts."""
   source, seed = config.data.source, config.train.seed
-  local_bs = _local_batch_size(config.train.batch_size)
+  local_bs = local_batch_size(config.train.batch_size)
   index, count = jax.process_index(), jax.process_count()
   if source == "generate":
     stream = batch_stream(env_cfg, seed=seed, batch_size=local_bs,
@@ -176,10 +223,11 @@ def host_batches(config, env_cfg: EnvConfig, start_batch: int) -> Iterator[dict]
   raise ValueError(f"data.source must be 'generate', 'jsonl' or 'tfds', got {source!r}")
 
 
-def global_batch(local: dict, sharding: NamedSharding) -> dict:
+def global_batch(local: dict, sharding: NamedSharding,
+                 keys: Sequence[str] = BATCH_KEYS) -> dict:
   """Global arrays split along the batch axis from every process's local rows."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k]))
-          for k in BATCH_KEYS}
+          for k in keys}
 
 
 class Prefetcher:
@@ -248,7 +296,7 @@ def eval_batches(config, env_cfg: EnvConfig) -> list[dict]:
              for chunk in batch_stream(env_cfg, seed=seed, batch_size=bs,
                                        num_workers=config.train.num_workers, end_batch=n // bs)]
   logging.info("generated the eval set: %d samples in %.1f s", n, time.time() - start)
-  rows = _local_batch_size(bs)
+  rows = local_batch_size(bs)
   offset = jax.process_index() * rows
   return [{k: v[offset:offset + rows] for k, v in b.items()} for b in batches]
 
@@ -291,14 +339,26 @@ def evaluate(state: TrainState, batches: list[dict], eval_step: Callable, encode
           "eval_accuracy_f2y": float(f2y), "eval_accuracy_y2f": float(y2f)}
 
 
+def clip_task(config, env_cfg: EnvConfig, model_cfg: ModelConfig, mesh) -> Task:
+  """CLIP pretraining: generated or corpus batches, retrieval over the held-out set."""
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  evals = [global_batch(b, batch_sharding) for b in eval_batches(config, env_cfg)]
+  run_eval = functools.partial(evaluate, batches=evals, eval_step=make_eval_step(model_cfg, mesh),
+                               encode=make_encode(model_cfg), model_cfg=model_cfg)
+  return Task(objective=CLIP,
+              host_batches=functools.partial(host_batches, config, env_cfg),
+              evaluate=run_eval, eval_metrics=EVAL_METRICS)
+
+
 # ------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_manager(directory: pathlib.Path, keep: int,
-                       best_metric: str) -> ocp.CheckpointManager:
+def checkpoint_manager(directory: pathlib.Path, keep: int, best_metric: str,
+                       eval_metrics: Sequence[str] = EVAL_METRICS) -> ocp.CheckpointManager:
   """Keeps the latest `keep` checkpoints and the best one by `best_metric` (async saves)."""
-  if best_metric not in EVAL_METRICS:
-    raise ValueError(f"eval.best_metric must be one of {EVAL_METRICS}, got {best_metric!r}")
+  if best_metric not in eval_metrics:
+    raise ValueError(f"eval.best_metric must be one of {tuple(eval_metrics)}, got"
+                     f" {best_metric!r}")
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=max(1, keep)),
       ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric],
@@ -311,8 +371,8 @@ def checkpoint_manager(directory: pathlib.Path, keep: int,
 
 
 def _lower_is_better(metric: str) -> bool:
-  """Losses are minimised, accuracies maximised."""
-  return metric.endswith("loss")
+  """Losses and squared errors are minimised; accuracies and R^2 maximised."""
+  return metric.endswith(LOWER_IS_BETTER)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dict,
@@ -456,12 +516,14 @@ class _SigtermFlag:
 def _mean_train_metrics(window: list[dict]) -> dict[str, float]:
   """Means over a log interval of the step metrics (fetched from the devices once)."""
   fetched = jax.device_get(window)
-  return {k: float(np.mean([m[k] for m in fetched])) for k in TRAIN_FIELDS if k in fetched[0]}
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
-  """Pretrain SNIP with CLIP as `config` says, in (and resuming from) `workdir`.
+def train_and_evaluate(config, workdir: str | os.PathLike,
+                       make_task: Callable[..., Task] = clip_task) -> dict[str, Any]:
+  """Train SNIP as `config` says (CLIP pretraining by default), in and resuming from `workdir`.
 
+  `make_task(config, env_cfg, model_cfg, mesh)` builds the Task (default: clip_task).
   Returns the final metrics: the last train log's means, the last evaluation, `step`,
   `preempted` (True if SIGTERM stopped the run) and where the outputs are.
   """
@@ -474,20 +536,21 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   mesh = data_mesh()
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   init_rng, step_rng = jax.random.split(jax.random.key(tc.seed))
+  task = make_task(config, env_cfg, model_cfg, mesh)
 
   optimizer, schedule = make_optimizer(config.optim)
-  state = create_train_state(model_cfg, initial_params(config, model_cfg, init_rng), optimizer,
-                             trainable=tuple(tc.trainable),
+  params = initial_params(config, model_cfg, init_rng, task.init_modules)
+  state = create_train_state(model_cfg, params, optimizer, trainable=tuple(tc.trainable),
                              learnable_temperature=tc.learnable_temperature)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   train_step = make_train_step(model_cfg, optimizer, mesh, trainable=tuple(tc.trainable),
                                learnable_temperature=tc.learnable_temperature,
-                               grad_accum_steps=tc.grad_accum_steps, lr_schedule=schedule)
-  eval_step = make_eval_step(model_cfg, mesh)
-  encode = make_encode(model_cfg)
+                               grad_accum_steps=tc.grad_accum_steps, lr_schedule=schedule,
+                               objective=task.objective)
 
   manager = checkpoint_manager(workdir / CHECKPOINT_DIR, tc.keep_checkpoints,
-                               config.eval.best_metric)
+                               config.eval.best_metric, task.eval_metrics)
+  write_run_config(workdir, model_cfg, env_cfg, config)
   meta = {"next_batch": 0, "rng": jax.device_get(jax.random.key_data(step_rng)).tolist(),
           "best": None, "batch_size": tc.batch_size, "process_count": jax.process_count()}
   if manager.all_steps():
@@ -498,13 +561,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
                  meta["next_batch"])
   step = int(state.step)
   writer = MetricWriter(workdir, step)
-  evals = [global_batch(b, batch_sharding) for b in eval_batches(config, env_cfg)]
-  run_eval = functools.partial(evaluate, batches=evals, eval_step=eval_step, encode=encode,
-                               model_cfg=model_cfg)
+  run_eval = task.evaluate
 
   train_log, eval_metrics, last_eval_step, preempted = {}, {}, -1, False
-  prefetch = Prefetcher(host_batches(config, env_cfg, meta["next_batch"]),
-                        lambda b: global_batch(b, batch_sharding), tc.prefetch_batches)
+  keys = task.objective.batch_keys
+  prefetch = Prefetcher(task.host_batches(meta["next_batch"]),
+                        lambda b: global_batch(b, batch_sharding, keys), tc.prefetch_batches)
   try:
     with _SigtermFlag() as sigterm:
       window, previous, t_log, steps_at_log = [], None, time.time(), step
@@ -590,11 +652,12 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 
 def _log_progress(step: int, tc, train_log: dict[str, float]) -> None:
-  """One progress line: step, epoch, loss, accuracies, throughput, ETA."""
+  """One progress line: step, epoch, loss (and accuracies), throughput, ETA."""
   eta_s = (tc.num_train_steps - step) * train_log["step_time_s"]
-  logging.info("step %d/%d (epoch %.2f) loss %.4f acc f2y %.3f y2f %.3f lr %.3g | %.1f"
-               " samples/s, ETA %s", step, tc.num_train_steps, step / tc.n_steps_per_epoch,
-               train_log["loss"], train_log["accuracy_f2y"], train_log["accuracy_y2f"],
+  accuracies = (f" acc f2y {train_log['accuracy_f2y']:.3f} y2f {train_log['accuracy_y2f']:.3f}"
+                if "accuracy_f2y" in train_log else "")
+  logging.info("step %d/%d (epoch %.2f) loss %.4f%s lr %.3g | %.1f samples/s, ETA %s", step,
+               tc.num_train_steps, step / tc.n_steps_per_epoch, train_log["loss"], accuracies,
                train_log.get("lr", float("nan")), train_log["samples_per_s"],
                time.strftime("%H:%M:%S", time.gmtime(eta_s)) if eta_s < 86400
                else f"{eta_s / 86400:.1f} days")
