@@ -68,17 +68,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.eval.best_metric = "eval_mse"  # or eval_nmse, eval_r2, eval_loss
 
   if runlocal:
-    config.env.max_len = 100
-    config.model = pretrain.model_config_dict(enc_emb_dim=32, dec_emb_dim=32, n_enc_layers=2,
-                                              n_dec_layers=2, n_enc_heads=4, n_dec_heads=4,
-                                              emb_emb_dim=16, latent_dim=32)
-    config.optim.lr = 1e-3
-    config.optim.warmup_updates = 20
-    config.train.batch_size = 32
-    config.train.num_train_steps = 200
-    config.train.log_every_steps = 20
-    config.train.eval_every_steps = 50
-    config.train.checkpoint_every_steps = 50
+    pretrain.apply_runlocal(config, lr=1e-3, num_train_steps=200, eval_every_steps=50)
     config.eval.batch_size = 50
   config.lock()
   return config

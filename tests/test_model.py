@@ -348,3 +348,20 @@ def test_dropout_and_normalized_clip(tiny, tiny_forward):
   per_f, per_y = clip_logits(z_f, z_y, temperature=0.1, normalize=True)
   assert np.abs(per_f).max() <= 10 + 1e-4
   np.testing.assert_allclose(per_y, per_f.T)
+
+
+@pytest.mark.parametrize("pool_over_padding", [True, False])
+def test_trimmed_equation_padding_gives_the_same_latents(pool_over_padding):
+  cfg = TINY_CFG.replace(pool_over_padding=pool_over_padding)
+  model = SNIP(cfg)
+  params = init_params(model, jax.random.key(3))
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(3, 40, size=6).astype(np.int32)
+  equations = np.full((6, 200), cfg.float_pad_id, np.int32)
+  for i, n in enumerate(lengths):
+    equations[i, :n] = rng.integers(cfg.eq_eos_id + 1, cfg.n_words, size=n)
+  encode = jax.jit(lambda p, e, l: model.apply({"params": p}, e, l,
+                                               method=SNIP.encode_equations))
+  full = encode(params, equations, lengths)
+  for width in (40, 64, 128):
+    _assert_close(f"width {width}", encode(params, equations[:, :width], lengths), full, 1e-6)

@@ -2,8 +2,11 @@
 
 import copy
 import json
+import os
 import pathlib
 import struct
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -20,20 +23,11 @@ from snip_jax.symbolic import generator, properties
 from snip_jax.tasks import proppred
 from snip_jax.train import trainer
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 240, 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Share compiled steps between the runs of this module."""
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  old = (jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def _export_config(prop, n_samples, n_test, **export_options):
@@ -235,10 +229,22 @@ def test_frozen_keeps_the_encoder_bit_identical_and_finetuned_changes_it(supervi
                               pretrained["regressor"]["fc2"]["kernel"])
 
 
-def test_eval_job_reports_a_trained_workdir(supervised_run):
+def test_launch_eval_job_reports_a_trained_workdir(supervised_run):
   workdir, config, outcome = supervised_run
-  results = proppred.report(config, workdir)
+  (workdir / "eval" / "results.json").unlink()
+  command = [sys.executable, "launch.py", "--config=configs/proppred.py:ncr,supervised,runlocal",
+             f"--workdir={workdir}", "--config.job=proppred_eval",
+             "--config.model.n_enc_layers=1", "--config.model.n_dec_layers=1",
+             f"--config.data.train_path={config.data.train_path}",
+             f"--config.data.test_path={config.data.test_path}"]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((workdir / "eval" / "results.json").read_text())
   assert results["metrics"] == outcome["report"]["metrics"]
+  r2 = results["metrics"]["r2"]
+  assert f"{'r2':24s} {r2:10.4f}   chance {0.0:10.4f}" in done.stdout
+  assert f"results: {workdir / 'eval' / 'results.json'}" in done.stdout
 
 
 # ------------------------------------------------------------------------- metrics

@@ -370,3 +370,29 @@ def test_train_step_compiles_once_for_collated_batches(replay_data, mesh):
     state, metrics = step(state, batch, jax.random.key(0))
   assert np.isfinite(float(metrics["loss"]))
   assert step.jitted._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_trimmed_equation_padding_gives_the_same_step_with_few_compilations(replay_data, mesh):
+  """trim_equations (train.equation_bucket) changes only the work: loss and grads as at 200."""
+  from snip_jax.data.batching import collate, trim_equations  # pylint: disable=g-import-not-at-top
+  from snip_jax.symbolic import default_env_config, generate_sample  # pylint: disable=g-import-not-at-top
+
+  _, _, cfg, init, _ = replay_data[REPLAYS[0]]
+  env_cfg = default_env_config(max_input_dimension=cfg.max_input_dimension,
+                               float_precision=cfg.float_precision, mantissa_len=cfg.mantissa_len)
+  rng = np.random.default_rng(1)
+  grad_fn = make_grad_fn(cfg, mesh)
+  state = create_train_state(cfg, init, snip_optimizer(lr=1e-3))
+  widths = set()
+  for _ in range(3):
+    batch = collate([generate_sample(rng, env_cfg) for _ in range(4)], env_cfg)
+    trimmed = trim_equations(batch, 16)
+    widths.add(trimmed["equations"].shape[1])
+    assert trimmed["equations"].shape[1] < 200
+    assert trimmed["equations"].shape[1] >= batch["equation_lengths"].max()
+    full_grads, full_metrics = grad_fn(state, batch, jax.random.key(0))
+    trim_grads, trim_metrics = grad_fn(state, trimmed, jax.random.key(0))
+    np.testing.assert_allclose(trim_metrics["loss"], full_metrics["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(trim_grads), jax.tree.leaves(full_grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert len(widths) >= 2

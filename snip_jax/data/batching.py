@@ -14,10 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from snip_jax.symbolic.config import EnvConfig
+from snip_jax.symbolic.config import MAX_EQUATION_LEN, EnvConfig
 from snip_jax.symbolic.tokenizers import build_vocab, float_token_ids
-
-MAX_EQUATION_LEN = 200  # the original's batch_equations default, independent of max_len
 
 
 def collate(samples: Sequence, env_cfg: EnvConfig, *, use_skeleton: bool = False,
@@ -111,3 +109,19 @@ def collate_equations(token_lists: Sequence[Sequence[str]], cfg: EnvConfig,
     equations[i, len(ids) + 1] = vocab.eos_id
     lengths[i] = len(ids) + 2
   return {"equations": equations, "equation_lengths": lengths}
+
+
+def trim_equations(batch: dict, multiple: int) -> dict:
+  """`batch` with `equations` cut to its longest equation rounded up to `multiple` columns.
+
+  The columns cut are padding only; SNIP.encode_equations pools as if they were there, so the
+  latents are unchanged and encoder_f does less work (typical equations use 20-80 of the
+  200 columns). Each distinct width is one more compilation of a jitted step: `multiple`
+  bounds them to ceil(200 / multiple).
+  """
+  if multiple < 1:
+    raise ValueError(f"multiple must be >= 1, got {multiple}")
+  equations = batch["equations"]
+  longest = int(np.max(batch["equation_lengths"]))
+  width = min(equations.shape[1], -(-longest // multiple) * multiple)
+  return {**batch, "equations": equations[:, :width]}

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from snip_jax.model.config import HEAD_HIDDEN_DIM, N_MAX_POSITIONS, ModelConfig
+from snip_jax.symbolic.config import MAX_EQUATION_LEN
 
 Array = jax.Array
 
@@ -235,6 +236,10 @@ class TransformerEncoder(_Transformer):
   """
 
   with_embeddings: bool = True
+  # With pool_over_padding: the width the pooling softmax covers. A narrower input counts the
+  # missing positions as the padding they would be (hidden state 0, score = the pooling bias),
+  # so trimmed padding gives the latent of the full width. None: the input's width.
+  pool_len: Optional[int] = None
 
   def setup(self):
     super().setup()
@@ -257,7 +262,11 @@ class TransformerEncoder(_Transformer):
     scores = self.glob_attn_module(tensor)[..., 0].astype(jnp.float32)
     if not self.cfg.pool_over_padding:
       scores = jnp.where(mask, scores, -jnp.inf)
-    weights = jax.nn.softmax(scores, axis=-1)
+    n_virtual = (self.pool_len or slen) - slen if self.cfg.pool_over_padding else 0
+    if n_virtual > 0:
+      weights = self._softmax_with_virtual_padding(scores, n_virtual)
+    else:
+      weights = jax.nn.softmax(scores, axis=-1)
     pooled = jnp.einsum("bs,bsd->bd", weights.astype(tensor.dtype), tensor)
     self.sow("intermediates", "glob_attn", weights)
     self.sow("intermediates", "pooled", pooled)
@@ -265,6 +274,15 @@ class TransformerEncoder(_Transformer):
     if self.is_initializing():
       self.z_projection(latent)
     return latent
+
+
+  def _softmax_with_virtual_padding(self, scores: Array, n_virtual: int) -> Array:
+    """Pooling weights of the real positions when n_virtual padded ones (score = bias) follow."""
+    zero_state = jnp.zeros((1, self.dim), self.cfg.dtype)
+    padded_score = self.glob_attn_module(zero_state)[0, 0].astype(jnp.float32)
+    normaliser = jnp.logaddexp(jax.nn.logsumexp(scores, axis=-1),
+                               padded_score + jnp.log(jnp.float32(n_virtual)))
+    return jnp.exp(scores - normaliser[:, None])
 
 
 class TransformerDecoder(_Transformer):
@@ -341,7 +359,7 @@ class SNIP(nn.Module):
     cfg = self.cfg
     self.embedder = LinearPointEmbedder(cfg)
     self.encoder_y = TransformerEncoder(cfg, with_embeddings=False)
-    self.encoder_f = TransformerEncoder(cfg, with_embeddings=True)
+    self.encoder_f = TransformerEncoder(cfg, with_embeddings=True, pool_len=MAX_EQUATION_LEN)
     self.decoder = TransformerDecoder(cfg)
     self.regressor = MLPRegressor(cfg)
     self.classifier = MLPClassifier(cfg)
@@ -373,7 +391,11 @@ class SNIP(nn.Module):
 
   def encode_equations(self, equations: Array, equation_lengths: Array,
                        deterministic: bool = True) -> Array:
-    """Equation ids [B, slen], lengths [B] -> z_f [B, latent_dim]."""
+    """Equation ids [B, slen], lengths [B] -> z_f [B, latent_dim].
+
+    The original pads equations to 200 and pools over the padding; a narrower array (trimmed
+    padding, e.g. data.batching.trim_equations) gives the same latent, with less compute.
+    """
     return self.encoder_f(equations, equation_lengths, deterministic).astype(jnp.float32)
 
   def decode(self, latent: Array, equations: Array, equation_lengths: Array,

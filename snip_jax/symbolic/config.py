@@ -24,6 +24,7 @@ EXTRA_UNARY_OPERATORS = (
 EXTRA_BINARY_OPERATORS = ("pow", "max", "min")
 MATH_CONSTANTS = ("e", "pi", "euler_gamma")
 PROPERTY_TYPES = ("ncr", "upward", "yavg", "oscil")
+MAX_EQUATION_LEN = 200  # the original's env.batch_equations pads every batch to this width
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from snip_jax.convert.converter import WORKDIR_CHECKPOINTS, latest_checkpoint_params
-from snip_jax.data.batching import collate_equations
+from snip_jax.data.batching import collate_equations, trim_equations
 from snip_jax.data.export import env_config_from, read_corpus
 from snip_jax.model import SNIP, ModelConfig
 from snip_jax.symbolic.config import PROPERTY_TYPES, EnvConfig
@@ -171,16 +171,20 @@ def make_predict(model_cfg: ModelConfig):
   return predict
 
 
-def predict_set(predict, params: Any, data: PropertySet, batch_size: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+def predict_set(predict, params: Any, data: PropertySet, batch_size: int,
+                equation_bucket: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(predictions [N], latents [N, latent]) in fixed-size batches (the last one padded)."""
   predictions, latents = [], []
   for start in range(0, len(data), batch_size):
     stop = min(start + batch_size, len(data))
     pad = batch_size - (stop - start)
-    equations = np.pad(data.equations[start:stop], ((0, pad), (0, 0)), mode="edge")
-    lengths = np.pad(data.equation_lengths[start:stop], (0, pad), mode="edge")
-    prediction, z_f = jax.device_get(predict(params, equations, lengths))
+    batch = {"equations": np.pad(data.equations[start:stop], ((0, pad), (0, 0)), mode="edge"),
+             "equation_lengths": np.pad(data.equation_lengths[start:stop], (0, pad),
+                                        mode="edge")}
+    if equation_bucket:
+      batch = trim_equations(batch, equation_bucket)
+    prediction, z_f = jax.device_get(predict(params, batch["equations"],
+                                             batch["equation_lengths"]))
     predictions.append(prediction[:stop - start])
     latents.append(z_f[:stop - start])
   return (np.concatenate(predictions).astype(np.float64),
@@ -217,10 +221,10 @@ def chance_metrics(y_true: np.ndarray) -> dict[str, float]:
   return regression_metrics(y_true, np.full_like(y_true, y_true.mean()))
 
 
-def _eval_metrics(state: TrainState, predict, data: PropertySet, batch_size: int
-                  ) -> dict[str, float]:
+def _eval_metrics(state: TrainState, predict, data: PropertySet, batch_size: int,
+                  equation_bucket: int) -> dict[str, float]:
   """The loop's periodic evaluation on the test set."""
-  predictions, _ = predict_set(predict, state.params, data, batch_size)
+  predictions, _ = predict_set(predict, state.params, data, batch_size, equation_bucket)
   metrics = regression_metrics(data.target_property, predictions)
   return {"eval_loss": metrics["mse"], "eval_mse": metrics["mse"], "eval_nmse": metrics["nmse"],
           "eval_r2": metrics["r2"]}
@@ -261,7 +265,8 @@ def proppred_task(config, env_cfg: EnvConfig, model_cfg: ModelConfig, mesh) -> t
                               config.train.seed, process_index=jax.process_index(),
                               process_count=jax.process_count())
   evaluate = functools.partial(_eval_metrics, predict=make_predict(model_cfg), data=test_set,
-                               batch_size=config.eval.batch_size)
+                               batch_size=config.eval.batch_size,
+                               equation_bucket=config.train.equation_bucket)
   return trainer.Task(objective=PROPERTY, host_batches=batches,
                       evaluate=evaluate, eval_metrics=EVAL_METRICS,
                       init_modules=SYMBOLIC_ENCODER)
@@ -286,7 +291,7 @@ def report(config, workdir: str | os.PathLike) -> dict[str, Any]:
   params = latest_checkpoint_params(workdir / WORKDIR_CHECKPOINTS)
   test_set = load_split(config, env_cfg, "test")
   predictions, latents = predict_set(make_predict(model_cfg), params, test_set,
-                                     config.eval.batch_size)
+                                     config.eval.batch_size, config.train.equation_bucket)
   results = {"property": env_cfg.property_type, "variant": config.task.variant,
              "n_test": len(test_set), "init_from": config.train.init_from,
              "test_path": config.data.test_path or config.data.tfds_dir,

@@ -52,6 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from snip_jax.convert.converter import (CONFIG_FILE, WORKDIR_CHECKPOINTS, load_converted,
                                        model_config_to_json)
+from snip_jax.data.batching import trim_equations
 from snip_jax.data.export import env_config_from
 from snip_jax.data.stream import batch_stream
 from snip_jax.model import SNIP, ModelConfig, clip_logits, init_params
@@ -224,8 +225,15 @@ def host_batches(config, env_cfg: EnvConfig, start_batch: int) -> Iterator[dict]
 
 
 def global_batch(local: dict, sharding: NamedSharding,
-                 keys: Sequence[str] = BATCH_KEYS) -> dict:
-  """Global arrays split along the batch axis from every process's local rows."""
+                 keys: Sequence[str] = BATCH_KEYS, equation_bucket: int = 0) -> dict:
+  """Global arrays split along the batch axis from every process's local rows.
+
+  `equation_bucket` > 0 trims the equation padding to a multiple of it (same latents, less
+  work; see trim_equations). Only in single-process runs: every process would need the same
+  width, so multi-process runs keep the full 200 columns.
+  """
+  if equation_bucket and jax.process_count() == 1 and "equations" in keys:
+    local = trim_equations(local, equation_bucket)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k]))
           for k in keys}
 
@@ -342,7 +350,8 @@ def evaluate(state: TrainState, batches: list[dict], eval_step: Callable, encode
 def clip_task(config, env_cfg: EnvConfig, model_cfg: ModelConfig, mesh) -> Task:
   """CLIP pretraining: generated or corpus batches, retrieval over the held-out set."""
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-  evals = [global_batch(b, batch_sharding) for b in eval_batches(config, env_cfg)]
+  evals = [global_batch(b, batch_sharding, equation_bucket=config.train.equation_bucket)
+           for b in eval_batches(config, env_cfg)]
   run_eval = functools.partial(evaluate, batches=evals, eval_step=make_eval_step(model_cfg, mesh),
                                encode=make_encode(model_cfg), model_cfg=model_cfg)
   return Task(objective=CLIP,
@@ -566,7 +575,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike,
   train_log, eval_metrics, last_eval_step, preempted = {}, {}, -1, False
   keys = task.objective.batch_keys
   prefetch = Prefetcher(task.host_batches(meta["next_batch"]),
-                        lambda b: global_batch(b, batch_sharding, keys), tc.prefetch_batches)
+                        lambda b: global_batch(b, batch_sharding, keys, tc.equation_bucket),
+                        tc.prefetch_batches)
   try:
     with _SigtermFlag() as sigterm:
       window, previous, t_log, steps_at_log = [], None, time.time(), step
