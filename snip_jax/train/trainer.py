@@ -158,9 +158,9 @@ def check_compatible(model_cfg: ModelConfig, loaded_cfg: ModelConfig, source: st
            f" {getattr(loaded_cfg, f.name)!r}" for f in dataclasses.fields(wanted)
            if getattr(wanted, f.name) != getattr(loaded_cfg, f.name)]
   vocab = any(d.startswith(("n_words", "n_float_words")) for d in diffs)
-  raise ValueError(f"train.init_from={source} does not fit this config"
-                   f"{' (another vocabulary: set the env options it was trained with)' if vocab else ''};"
-                   f" set these to match: {'; '.join(diffs)}")
+  hint = " (another vocabulary: set the env options it was trained with)" if vocab else ""
+  raise ValueError(f"train.init_from={source} does not fit this config{hint}; set these to"
+                   f" match: {'; '.join(diffs)}")
 
 
 def write_run_config(workdir: pathlib.Path, model_cfg: ModelConfig, env_cfg: EnvConfig,
