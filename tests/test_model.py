@@ -365,3 +365,24 @@ def test_trimmed_equation_padding_gives_the_same_latents(pool_over_padding):
   full = encode(params, equations, lengths)
   for width in (40, 64, 128):
     _assert_close(f"width {width}", encode(params, equations[:, :width], lengths), full, 1e-6)
+
+
+def test_softmax_attention_gradients_equal_autodiff_of_the_plain_formula():
+  from snip_jax.model.modules import softmax_attention  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(3, 2, 7, 4)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray(np.arange(7)[None, None, None, :] < np.array([7, 4, 1])[:, None, None, None])
+  weights_out = jnp.asarray(rng.normal(size=(3, 2, 7, 4)), jnp.float32)
+
+  def plain(q, k, v):
+    scores = jnp.where(mask, jnp.einsum("bhqd,bhkd->bhqk", q, k), -jnp.inf)
+    return jnp.sum(jax.nn.softmax(scores, axis=-1) @ v * weights_out)
+
+  def custom(q, k, v):
+    return jnp.sum(softmax_attention(q, k, v, jnp.where(mask, 0.0, -jnp.inf)) * weights_out)
+
+  np.testing.assert_allclose(custom(q, k, v), plain(q, k, v), rtol=1e-6)
+  for ours, reference in zip(jax.grad(custom, (0, 1, 2))(q, k, v),
+                             jax.grad(plain, (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
