@@ -257,7 +257,7 @@ def test_sigkill_at_a_random_step_then_launch_resumes_the_same_run(full_run, tmp
 def test_runlocal_preset_learns_held_out_retrieval_well_above_chance(tmp_path):
   """The README's first command as is (120 steps): held-out retrieval among 64 ends >= 4x chance.
 
-  Measured at seed 0: eval f2y 6/64 and y2f 11/64 (chance 1/64), eval loss 2.95 vs ln 64 = 4.16.
+  Measured at seed 0: eval f2y 6/64 and y2f 12/64 (chance 1/64), eval loss 2.95 vs ln 64 = 4.16.
   """
   config = pretrain.get_config("runlocal")
   final = trainer.train_and_evaluate(config, tmp_path)
