@@ -28,10 +28,7 @@ def run(config, workdir: str):
     from snip_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
     metrics = trainer.train_and_evaluate(config, workdir)
-    state = "preempted at" if metrics["preempted"] else "finished at"
-    print(f"pretrain {state} step {metrics['step']}\n"
-          f"checkpoints: {metrics['checkpoint_dir']}\nmetrics: {metrics['metrics_file']}\n"
-          f"tensorboard: {metrics['tensorboard_dir']}\nplots: {', '.join(metrics['plots'])}")
+    _print_run(config.job, metrics)
     return metrics
   if config.job in ("proppred", "proppred_eval"):
     from snip_jax.tasks import proppred  # pylint: disable=g-import-not-at-top
@@ -40,16 +37,21 @@ def run(config, workdir: str):
       results = proppred.report(config, workdir)
     else:
       outcome = proppred.train_and_report(config, workdir)
-      train = outcome["train"]
-      state = "preempted at" if train["preempted"] else "finished at"
-      print(f"proppred {state} step {train['step']}\ncheckpoints: {train['checkpoint_dir']}\n"
-            f"metrics: {train['metrics_file']}\nplots: {', '.join(train['plots'])}")
+      _print_run(config.job, outcome["train"])
       results = outcome.get("report")
     if results is not None:
       _print_report(results)
     return results
   raise ValueError(f"unknown job {config.job!r}; this version knows: export, convert, pretrain,"
                    " proppred, proppred_eval")
+
+
+def _print_run(job: str, metrics: dict) -> None:
+  """How a training run ended and where its outputs are."""
+  state = "preempted at" if metrics["preempted"] else "finished at"
+  print(f"{job} {state} step {metrics['step']}\ncheckpoints: {metrics['checkpoint_dir']}\n"
+        f"metrics: {metrics['metrics_file']}\ntensorboard: {metrics['tensorboard_dir']}\n"
+        f"plots: {', '.join(metrics['plots'])}")
 
 
 def _print_report(results: dict) -> None:

@@ -94,8 +94,9 @@ def load_converted(path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any
 
 def latest_checkpoint_params(directory: pathlib.Path) -> Any:
   """The model params of the newest step in a training workdir's `checkpoints/`."""
-  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
-      directory.is_dir()) else []
+  steps = []
+  if directory.is_dir():
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
   if not steps:
     raise FileNotFoundError(f"{directory} holds no checkpoint: has that training run saved one?")
   state = ocp.StandardCheckpointer().restore(directory / str(steps[-1]) / "state")

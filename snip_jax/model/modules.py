@@ -90,8 +90,8 @@ def _attention_probabilities(q: Array, k: Array, bias: Array) -> Array:
 def softmax_attention(q: Array, k: Array, v: Array, bias: Array) -> Array:
   """softmax(q k^T + bias) v for [B, heads, len, head_dim] inputs; bias is 0 or -inf (masks).
 
-  The same function as the einsum formulation, with a hand-written backward pass: XLA's
-  derived one is about 1.5x slower on CPU (bench/train_step.py).
+  The plain formula with a hand-written backward pass: XLA's derived one is about 1.5x slower
+  on CPU (bench/train_step.py).
   """
   return _attention_probabilities(q, k, bias) @ v
 
@@ -134,17 +134,14 @@ class MultiHeadAttention(nn.Module):
     q = project("q_lin", x) / head_dim ** 0.5
     k = project("k_lin", kv)
     v = project("v_lin", kv)
+    bias = jnp.zeros((), jnp.float32) if mask is None else jnp.where(mask, 0.0, -jnp.inf)
+    q, k, v = (t.swapaxes(1, 2) for t in (q, k, v))  # [B, heads, len, head_dim]
     if deterministic or self.dropout == 0.0:
-      bias = jnp.zeros((), jnp.float32) if mask is None else jnp.where(mask, 0.0, -jnp.inf)
-      heads = [t.swapaxes(1, 2) for t in (q, k, v)]  # [B, heads, len, head_dim]
-      context = softmax_attention(*heads, bias).swapaxes(1, 2)
+      context = softmax_attention(q, k, v, bias)
     else:
-      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-      if mask is not None:
-        scores = jnp.where(mask, scores, -jnp.inf)
-      weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-      weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
-      context = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+      weights = nn.Dropout(self.dropout)(_attention_probabilities(q, k, bias), deterministic=False)
+      context = weights @ v
+    context = context.swapaxes(1, 2)
     context = context.reshape(context.shape[:-2] + (self.dim,))
     return _dense(self.dim, self.dim, self.dtype, "out_lin")(context)
 
@@ -313,7 +310,6 @@ class TransformerEncoder(_Transformer):
     if self.is_initializing():
       self.z_projection(latent)
     return latent
-
 
   def _softmax_with_virtual_padding(self, scores: Array, n_virtual: int) -> Array:
     """Pooling weights of the real positions when n_virtual padded ones (score = bias) follow."""

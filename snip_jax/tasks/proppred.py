@@ -137,13 +137,10 @@ def property_batches(data: PropertySet, batch_size: int, seed: int, start_batch:
   if batch_size > n:
     raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples")
   local = batch_size // process_count
-  permutations = {}
 
+  @functools.lru_cache(maxsize=2)  # a batch spans at most two epochs
   def order(epoch):
-    if epoch not in permutations:
-      permutations.clear()
-      permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-    return permutations[epoch]
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
   k = start_batch
   while True:

@@ -155,16 +155,15 @@ def _property_objective(model: SNIP, normalize: bool, params: dict,
 class Objective:
   """What the steps optimise: the batch arrays they read, (loss, metrics) of a batch."""
 
-  name: str
   batch_keys: tuple[str, ...]
   metric_names: tuple[str, ...]
   loss_and_metrics: Callable[..., tuple[jax.Array, Metrics]]
   uses_temperature: bool
 
 
-CLIP = Objective("clip", BATCH_KEYS, ("loss", "accuracy_f2y", "accuracy_y2f"), _clip_objective,
+CLIP = Objective(BATCH_KEYS, ("loss", "accuracy_f2y", "accuracy_y2f"), _clip_objective,
                  uses_temperature=True)
-PROPERTY = Objective("property", PROPERTY_BATCH_KEYS, ("loss",), _property_objective,
+PROPERTY = Objective(PROPERTY_BATCH_KEYS, ("loss",), _property_objective,
                      uses_temperature=False)
 
 
