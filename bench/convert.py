@@ -69,12 +69,12 @@ def time_embeddings(out: pathlib.Path, batch: int, repeats: int) -> tuple[float,
   rng = np.random.default_rng(0)
   samples = [generate_sample(rng, default_env_config(max_input_dimension=10))
              for _ in range(batch)]
-  xs, ys = [s.x for s in samples], [s.y for s in samples]
+  datasets = [(s.x, s.y) for s in samples]
   prefixes = [s.prefix for s in samples]
-  model.embed_points(xs, ys), model.embed_equations(prefixes)
+  model.embed_points(datasets), model.embed_equations(prefixes)
   points, equations = [], []
   for _ in range(repeats):
-    t = time.perf_counter(); model.embed_points(xs, ys); points.append(time.perf_counter() - t)
+    t = time.perf_counter(); model.embed_points(datasets); points.append(time.perf_counter() - t)
     t = time.perf_counter(); model.embed_equations(prefixes)
     equations.append(time.perf_counter() - t)
   return float(np.median(points)), float(np.median(equations))

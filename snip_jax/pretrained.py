@@ -27,7 +27,8 @@ from snip_jax.model import SNIP, ModelConfig
 from snip_jax.symbolic.config import EnvConfig
 from snip_jax.symbolic.datapoints import normalize_outputs
 from snip_jax.symbolic.tokenizers import build_vocab, encode_prefix
-from snip_jax.symbolic.trees import Expression, from_sympy, parse_infix, parse_prefix
+from snip_jax.symbolic.infix import from_sympy, parse_infix
+from snip_jax.symbolic.trees import Expression, parse_prefix
 
 ArrayLike = Union[np.ndarray, Sequence[float]]
 
@@ -57,42 +58,41 @@ class Pretrained:
 
   def embed_points(self, x, y=None, *, subsample: Optional[np.random.Generator] = None
                    ) -> np.ndarray:
-    """Latents of datasets: `(x [N, d], y [N] or [N, 1])` -> [latent_dim], or lists -> [B, latent_dim].
+    """Latents of datasets: `embed_points(x, y)` -> [latent_dim]; `embed_points([(x1, y1), ...])`
+    -> [B, latent_dim].
 
-    Datasets with more than `max_len` points are refused unless `subsample` (a numpy
-    Generator) is given, which draws `max_len` of them without replacement. With a
-    `normalize_y` model (SNIP-1d-normalized), y is min-max normalised as in its training data.
+    One dataset is x [N, d] or [N] with y [N] or [N, 1], as arrays or nested lists. Datasets
+    with more than `max_len` points are refused unless `subsample` (a numpy Generator) is given,
+    which draws `max_len` of them without replacement. With a `normalize_y` model
+    (SNIP-1d-normalized), y is min-max normalised as in its training data.
     """
-    single = not isinstance(x, (list, tuple))
-    xs, ys = ([x], [y]) if single else (list(x), list(y))
-    if len(xs) != len(ys):
-      raise ValueError(f"got {len(xs)} x arrays and {len(ys)} y arrays")
-    datasets = [self._prepare_points(i, xi, yi, subsample) for i, (xi, yi) in enumerate(zip(xs, ys))]
+    single = y is not None
+    pairs = [(x, y)] if single else _dataset_pairs(x)
+    indices = [-1] if single else range(len(pairs))  # -1: messages name no dataset number
+    datasets = [self._prepare_points(i, xi, yi, subsample) for i, (xi, yi) in zip(indices, pairs)]
     latents = self._batched(datasets, lambda chunk: collate_points(chunk, self.env_cfg),
                             ("points", "n_points"), self._encode_points)
     return latents[0] if single else latents
 
   def _prepare_points(self, index: int, x, y, subsample) -> types.SimpleNamespace:
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    x = x[:, None] if x.ndim == 1 else x
-    y = y[:, None] if y.ndim == 1 else y
+    x, y = _dataset_arrays(index, x, y)
     cfg = self.env_cfg
-    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
-      raise ValueError(f"dataset {index}: x must be [N, d] and y [N] or [N, 1] with the same N;"
-                       f" got {x.shape} and {y.shape}")
-    if x.shape[1] > cfg.max_input_dimension or y.shape[1] > cfg.max_output_dimension:
-      raise ValueError(f"dataset {index} has {x.shape[1]} input columns; this model takes at most"
+    where = f"dataset {index}: " if index >= 0 else ""
+    if x.shape[1] > cfg.max_input_dimension:
+      raise ValueError(f"{where}x has {x.shape[1]} input columns; this model takes at most"
                        f" max_input_dimension={cfg.max_input_dimension}")
+    if y.shape[1] > cfg.max_output_dimension:
+      raise ValueError(f"{where}y has {y.shape[1]} output columns; this model takes at most"
+                       f" max_output_dimension={cfg.max_output_dimension}")
     if len(x) > cfg.max_len:
       if subsample is None:
-        raise ValueError(f"dataset {index} has {len(x)} points; the model takes at most"
+        raise ValueError(f"{where}the dataset has {len(x)} points; the model takes at most"
                          f" max_len={cfg.max_len} (pass subsample=np.random.default_rng(seed) to"
                          " draw that many at random)")
       keep = np.sort(subsample.choice(len(x), cfg.max_len, replace=False))
       x, y = x[keep], y[keep]
-    if len(x) == 0 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-      raise ValueError(f"dataset {index} is empty or has NaN/inf values")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+      raise ValueError(f"{where}the dataset has NaN/inf values")
     if cfg.normalize_y:
       y = normalize_outputs(y)
     return types.SimpleNamespace(x=x, y=y)
@@ -108,6 +108,9 @@ class Pretrained:
     """
     single = not isinstance(exprs, (list, tuple))
     items = [exprs] if single else list(exprs)
+    if not items:
+      raise ValueError("no equations given: pass a string, a sympy expression, an Expression or"
+                       " a non-empty list of them")
     tokens = [self._equation_tokens(i, item) for i, item in enumerate(items)]
     latents = self._batched(tokens, lambda chunk: collate_equations(chunk, self.env_cfg),
                             ("equations", "equation_lengths"), self._encode_equations)
@@ -148,6 +151,46 @@ class Pretrained:
       b = b / np.linalg.norm(b, axis=-1, keepdims=True)
       return a @ b.T
     return a @ b.T / self.model_cfg.clip_temperature
+
+
+_ONE_OR_MANY = ("one dataset is embed_points(x, y) with x [N, d] or [N] and y [N] or [N, 1];"
+                " several are embed_points([(x1, y1), (x2, y2), ...])")
+
+
+def _dataset_pairs(datasets) -> list[tuple]:
+  """The (x, y) pairs of `embed_points([(x1, y1), ...])`; anything else is a clear error."""
+  if not isinstance(datasets, (list, tuple)):
+    raise ValueError(f"y is missing: {_ONE_OR_MANY}")
+  if not datasets:
+    raise ValueError(f"no datasets given: {_ONE_OR_MANY}")
+  for i, pair in enumerate(datasets):
+    if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+      raise ValueError(f"item {i} of the datasets list is not an (x, y) pair (or y is missing):"
+                       f" {_ONE_OR_MANY}")
+  return list(datasets)
+
+
+def _dataset_arrays(index: int, x, y) -> tuple[np.ndarray, np.ndarray]:
+  """x [N, d] and y [N, k] as float64, with messages that name the array and the shape seen."""
+  where = f"dataset {index}: " if index >= 0 else ""
+  arrays = []
+  for name, value in (("x", x), ("y", y)):
+    try:
+      array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+      raise ValueError(f"{where}{name} is not a numeric array ({err}); {_ONE_OR_MANY}") from None
+    if array.ndim not in (1, 2):
+      raise ValueError(f"{where}{name} has shape {array.shape}; {_ONE_OR_MANY}")
+    arrays.append(array[:, None] if array.ndim == 1 else array)
+  x, y = arrays
+  if len(x) != len(y):
+    transposed = x.shape[-1] == len(y) or y.shape[-1] == len(x)
+    hint = " (transposed? one row per point)" if transposed else ""
+    raise ValueError(f"{where}x has {len(x)} rows (shape {x.shape}) but y has {len(y)} (shape"
+                     f" {y.shape}){hint}; {_ONE_OR_MANY}")
+  if len(x) == 0:
+    raise ValueError(f"{where}the dataset is empty (no points)")
+  return x, y
 
 
 def to_expression(item, max_int: int = 10) -> Expression:

@@ -39,7 +39,7 @@ def test_embed_points_matches_the_originals_latents(io, tiny):
   arrays, _ = io
   full = [i for i, n in enumerate(arrays["n_points"]) if n == 200]
   xs, ys = zip(*[_dataset(io, i) for i in full])
-  z = tiny.embed_points(list(xs), list(ys))
+  z = tiny.embed_points(list(zip(xs, ys)))
   np.testing.assert_allclose(z, arrays["encoder_y_latent"][full], atol=1e-5, rtol=1e-5)
   one = tiny.embed_points(xs[1], ys[1][:, 0])  # a single dataset, y given as [N]
   assert one.shape == (8,)
@@ -48,7 +48,7 @@ def test_embed_points_matches_the_originals_latents(io, tiny):
 
 def test_a_datasets_latent_does_not_depend_on_its_batch(io, tiny):
   xs, ys = zip(*[_dataset(io, i) for i in range(8)])
-  together = tiny.embed_points(list(xs), list(ys))  # 8 datasets, batch_size 4: two chunks
+  together = tiny.embed_points(list(zip(xs, ys)))  # 8 datasets, batch_size 4: two chunks
   for i in range(8):
     np.testing.assert_allclose(tiny.embed_points(xs[i], ys[i]), together[i], atol=1e-6)
 
@@ -110,9 +110,9 @@ def test_bad_inputs_get_clear_errors(io, tiny, tmp_path):
     tiny.embed_points(big_x, big_y)
   z = tiny.embed_points(big_x, big_y, subsample=np.random.default_rng(0))
   assert z.shape == (8,) and np.all(np.isfinite(z))
-  with pytest.raises(ValueError, match="3 input columns; this model takes at most"):
+  with pytest.raises(ValueError, match="x has 3 input columns; this model takes at most"):
     tiny.embed_points(np.zeros((5, 3)), np.zeros(5))
-  with pytest.raises(ValueError, match="NaN/inf"):
+  with pytest.raises(ValueError, match="the dataset has NaN/inf"):
     tiny.embed_points(np.full((5, 1), np.nan), np.zeros(5))
   with pytest.raises(ValueError, match="equation 1: token 'x_7' is not in this model's vocabulary"):
     tiny.embed_equations(["x_0", "mul,2,x_7"])
@@ -129,3 +129,44 @@ def test_normalize_y_models_normalise_the_outputs(io, tiny):
   normalized = Pretrained(tiny.model_cfg, tiny.env_cfg.replace(normalize_y=True), tiny.params)
   np.testing.assert_allclose(normalized.embed_points(x, y), normalized.embed_points(x, 3 * y - 7),
                              atol=1e-5)
+
+
+def test_embed_points_reads_lists_and_names_the_wrong_array(io, tiny):
+  x, y = _dataset(io, 0)
+  expected = tiny.embed_points(x, y)
+  assert expected.shape == (8,)
+  np.testing.assert_array_equal(tiny.embed_points(x.tolist(), y.tolist()), expected)
+  np.testing.assert_array_equal(tiny.embed_points(x[:, 0].tolist(), y[:, 0].tolist()), expected)
+  both = tiny.embed_points([(x.tolist(), y.tolist()), (x, y[:, 0])])
+  assert both.shape == (2, 8)
+  np.testing.assert_allclose(both, [expected, expected], atol=1e-6)
+  n = len(x)
+  cases = {
+      (lambda: tiny.embed_points(x, np.zeros((n, 2)))):
+          "y has 2 output columns; this model takes at most max_output_dimension=1",
+      (lambda: tiny.embed_points(x)): "y is missing: one dataset is embed_points",
+      (lambda: tiny.embed_points([x, x])): r"item 0 of the datasets list is not an \(x, y\) pair",
+      (lambda: tiny.embed_points([])): "no datasets given",
+      (lambda: tiny.embed_points([], [])): "the dataset is empty",
+      (lambda: tiny.embed_points(x.T, y)): rf"x has 1 rows \(shape \(1, {n}\)\) but y has {n}.*"
+                                           r"transposed\?",
+      (lambda: tiny.embed_points(np.stack([x, x]), np.stack([y, y]))):
+          rf"x has shape \(2, {n}, 1\); one dataset is embed_points\(x, y\)",
+      (lambda: tiny.embed_points([x, x[:5]], [y, y[:5]])): "x is not a numeric array",
+      (lambda: tiny.embed_points([(x, y), (x, y[:5])])):
+          rf"dataset 1: x has {n} rows .* but y has 5",
+      (lambda: tiny.embed_points(x, "abc")): "y is not a numeric array",
+      (lambda: tiny.embed_equations([])): "no equations given",
+  }
+  for call, message in cases.items():
+    with pytest.raises(ValueError, match=message):
+      call()
+
+
+def test_embed_equations_refuses_code_without_running_it(tiny, tmp_path):
+  canary = tmp_path / "canary"
+  for text in (f"__import__('os').system('touch {canary}')",
+               f"(__import__('os').system('touch {canary}') or 1)*x_0", "x_0 + 9**9**9**9"):
+    with pytest.raises(ValueError, match="equation 0: cannot parse infix expression"):
+      tiny.embed_equations(text)
+  assert not canary.exists()

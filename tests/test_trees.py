@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import sympy
 
-from snip_jax.symbolic.trees import from_sympy, parse_infix, parse_prefix
+from snip_jax.symbolic.infix import from_sympy, parse_infix
+from snip_jax.symbolic.trees import parse_prefix
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "snip_original"
 

@@ -10,7 +10,8 @@ from snip_jax.symbolic.generator import Sample, generate_sample, to_skeleton
 from snip_jax.symbolic.tokenizers import (SPECIAL_WORDS, Vocab, build_vocab, decode_floats,
                                           decode_prefix, encode_floats, encode_prefix,
                                           float_token_ids)
-from snip_jax.symbolic.trees import Expression, Node, from_sympy, parse_infix, parse_prefix
+from snip_jax.symbolic.infix import from_sympy, parse_infix
+from snip_jax.symbolic.trees import Expression, Node, parse_prefix
 
 __all__ = [
     "EnvConfig", "default_env_config", "Sample", "generate_sample", "to_skeleton", "Rejected",

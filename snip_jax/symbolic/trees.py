@@ -1,4 +1,4 @@
-"""Expression trees: prefix/infix text, sympy conversion and evaluation on points.
+"""Expression trees: prefix text, infix printing, sympy output and evaluation on points.
 
 An `Expression` holds one tree per output dimension (the original's `NodeList`); prefix text
 joins the outputs with `,|,` and infix with ` | `, as the original prints them.
@@ -6,7 +6,6 @@ joins the outputs with `,|,` and infix with ` | `, as the original prints them.
 
 from __future__ import annotations
 
-import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -205,7 +204,7 @@ def _check_leaf_or_operator(token: str, arity: dict[str, int], position: int) ->
 
 def is_leaf_symbol(token: str) -> bool:
   """Variables, rand, constants, CONSTANT placeholders and numbers are leaves."""
-  if token.startswith("x_") and token[2:].isdigit():
+  if token.startswith("x_") and token[2:].isascii() and token[2:].isdigit():
     return True
   if token in MATH_CONSTANTS or token == "rand" or token.startswith("CONSTANT"):
     return True
@@ -350,159 +349,3 @@ def _to_sympy(node: Node):
       "cbrt": sympy.cbrt, "square": lambda t: t ** 2, "reciprocal": lambda t: 1 / t,
   }
   return unary[value](a)
-
-
-# ---------------------------------------------------------------------------------------------
-# Infix text and sympy -> Expression
-# ---------------------------------------------------------------------------------------------
-
-_INFIX_TOKEN = re.compile(r"\*\*[23]|[()]|[^\s()]+")
-
-
-def parse_infix(text: str, max_int: int = 10) -> Expression:
-  """Parse infix text into an Expression.
-
-  The original's infix (`(0.918 add (0.403 mul x_0))`, `sin(...)`, `(...)**2`, outputs joined
-  by ` | `) parses exactly, node for node. Anything else is read as ordinary math with sympy
-  (`0.4*x_0 + sin(x_1)`) and converted with `from_sympy`.
-  """
-  parts = text.split(" | ")
-  try:
-    return Expression([_parse_original_infix(part) for part in parts])
-  except ValueError:
-    pass
-  import sympy  # pylint: disable=g-import-not-at-top
-
-  try:
-    exprs = [sympy.sympify(part, locals=_sympy_locals()) for part in parts]
-  except (sympy.SympifyError, SyntaxError, TypeError) as err:
-    raise ValueError(f"cannot parse infix expression {text!r}: {err}") from None
-  return Expression([from_sympy(e, max_int).nodes[0] for e in exprs])
-
-
-def _parse_original_infix(text: str) -> Node:
-  tokens = _INFIX_TOKEN.findall(text)
-  node, pos = _infix_term(tokens, 0)
-  if pos != len(tokens):
-    raise ValueError(f"unexpected {tokens[pos]!r} in infix {text!r}")
-  return node
-
-
-def _infix_term(tokens: list[str], pos: int) -> tuple[Node, int]:
-  """term := '(' term (op term)* ')' ['**2'|'**3'] | unary '(' term ')' | leaf."""
-  if pos >= len(tokens):
-    raise ValueError("infix ends early")
-  token = tokens[pos]
-  if token == "(":
-    first, pos = _infix_term(tokens, pos + 1)
-    operands, op = [first], None
-    while pos < len(tokens) and tokens[pos] != ")":
-      if ARITY.get(tokens[pos]) != 2 or (op is not None and tokens[pos] != op):
-        raise ValueError(f"expected a binary operator, got {tokens[pos]!r}")
-      op = tokens[pos]
-      operand, pos = _infix_term(tokens, pos + 1)
-      operands.append(operand)
-    if pos >= len(tokens):
-      raise ValueError("missing ')'")
-    pos += 1
-    node = first
-    for operand in operands[1:]:
-      node = Node(op, [node, operand])
-    if pos < len(tokens) and tokens[pos] in ("**2", "**3"):
-      node = Node("pow2" if tokens[pos] == "**2" else "pow3", [node])
-      pos += 1
-    return node, pos
-  if ARITY.get(token) == 1:
-    if pos + 1 >= len(tokens) or tokens[pos + 1] != "(":
-      raise ValueError(f"expected '(' after {token!r}")
-    inner, pos = _infix_term(tokens, pos + 2)
-    if pos >= len(tokens) or tokens[pos] != ")":
-      raise ValueError(f"missing ')' after the argument of {token!r}")
-    return Node(token, [inner]), pos + 1
-  if is_leaf_symbol(token):
-    return Node(token), pos + 1
-  raise ValueError(f"unexpected token {token!r}")
-
-
-def _sympy_locals() -> dict:
-  import sympy  # pylint: disable=g-import-not-at-top
-
-  return {"e": sympy.E, "euler_gamma": sympy.EulerGamma, "inv": lambda a: 1 / a,
-          "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
-          "pow2": lambda a: a ** 2, "pow3": lambda a: a ** 3, "abs": sympy.Abs}
-
-
-def from_sympy(expr, max_int: int = 10) -> Expression:
-  """Convert a sympy expression over symbols x_0, x_1, ... to an Expression.
-
-  Sums and products become chains of binary add/mul (a term -t becomes `sub`), powers 2, 3,
-  -1 and 1/2 become pow2, pow3, inv and sqrt, integers in [-max_int, max_int] stay integer
-  leaves and other numbers become float constants.
-  """
-  return Expression([_from_sympy(expr, max_int)])
-
-
-def _from_sympy(expr, max_int: int) -> Node:
-  import sympy  # pylint: disable=g-import-not-at-top
-
-  if isinstance(expr, sympy.Symbol):
-    if not re.fullmatch(r"x_\d+", expr.name):
-      raise ValueError(f"unknown variable {expr.name!r}: name variables x_0, x_1, ...")
-    return Node(expr.name)
-  if expr.is_Number:
-    return Node(_number_text(expr, max_int))
-  constants = {sympy.pi: "pi", sympy.E: "e", sympy.EulerGamma: "euler_gamma"}
-  if expr in constants:
-    return Node(constants[expr])
-  if isinstance(expr, sympy.Add):
-    return _chain_sum(expr.as_ordered_terms(), max_int)
-  if isinstance(expr, sympy.Mul):
-    return _chain("mul", [_from_sympy(a, max_int) for a in expr.as_ordered_factors()])
-  if isinstance(expr, sympy.Pow):
-    return _power(expr, max_int)
-  names = {sympy.sin: "sin", sympy.cos: "cos", sympy.tan: "tan", sympy.exp: "exp",
-           sympy.log: "log", sympy.Abs: "abs", sympy.asin: "arcsin", sympy.acos: "arccos",
-           sympy.atan: "arctan", sympy.sinh: "sinh", sympy.cosh: "cosh", sympy.tanh: "tanh"}
-  if expr.func in names and len(expr.args) == 1:
-    return Node(names[expr.func], [_from_sympy(expr.args[0], max_int)])
-  raise ValueError(f"cannot convert {expr} ({expr.func.__name__}) to a SNIP expression")
-
-
-def _number_text(number, max_int: int) -> str:
-  if number.is_Integer and 0 < abs(int(number)) <= max_int:
-    return str(int(number))
-  return repr(float(number))
-
-
-def _chain(op: str, nodes: list[Node]) -> Node:
-  node = nodes[0]
-  for other in nodes[1:]:
-    node = Node(op, [node, other])
-  return node
-
-
-def _chain_sum(terms, max_int: int) -> Node:
-  node = _from_sympy(terms[0], max_int)
-  for term in terms[1:]:
-    if term.could_extract_minus_sign():
-      node = Node("sub", [node, _from_sympy(-term, max_int)])
-    else:
-      node = Node("add", [node, _from_sympy(term, max_int)])
-  return node
-
-
-def _power(expr, max_int: int) -> Node:
-  import sympy  # pylint: disable=g-import-not-at-top
-
-  base, exponent = expr.args
-  node = _from_sympy(base, max_int)
-  special = {sympy.Integer(2): ["pow2"], sympy.Integer(3): ["pow3"], sympy.Integer(-1): ["inv"],
-             sympy.Rational(1, 2): ["sqrt"], sympy.Integer(-2): ["pow2", "inv"],
-             sympy.Integer(-3): ["pow3", "inv"], sympy.Rational(-1, 2): ["sqrt", "inv"]}
-  if exponent in special:
-    for op in special[exponent]:
-      node = Node(op, [node])
-    return node
-  if base == sympy.E:
-    return Node("exp", [_from_sympy(exponent, max_int)])
-  return Node("pow", [node, _from_sympy(exponent, max_int)])
