@@ -209,7 +209,11 @@ def to_expression(item, max_int: int = 10) -> Expression:
 
 def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, batch_size: int = 64
                     ) -> Pretrained:
-  """A released `.pth` (read without torch) or a converted directory, ready to embed."""
+  """A released `.pth` (read without torch) or a converted directory, ready to embed.
+
+  A training workdir gives its latest checkpoint. Damaged input (zip CRC, array checksum or
+  NaN/inf) raises a one-line ValueError naming the file or step and the fix.
+  """
   from snip_jax.convert import converter  # pylint: disable=g-import-not-at-top
 
   path = pathlib.Path(path)

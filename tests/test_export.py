@@ -57,7 +57,9 @@ def test_original_files_load_and_rewrite_byte_identically(name, dim):
 def test_our_export_reads_with_the_original_parsing(tmp_path):
   cfg = default_env_config(is_proppred=True, property_type="ncr")
   path = export.export_corpus(tmp_path, cfg, n_samples=40, chunk_size=16)
-  for line, sample in zip(_lines(path), export.read_corpus(path, cfg)):
+  lines, samples = _lines(path), list(export.read_corpus(path, cfg))
+  assert len(lines) == len(samples) == 40
+  for line, sample in zip(lines, samples):
     x, y, prefix, infos = _original_reader(line)
     assert set(infos) == set(export.INFO_FIELDS)
     assert parse_prefix(prefix).prefix() == sample.tree.prefix()
@@ -161,7 +163,7 @@ def test_sigterm_stops_between_whole_lines_and_resume_completes(tmp_path):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 1, err
+  assert proc.returncode == 75, err  # preempted: rerun to resume
   assert "rerun the same command to resume" in err
   data = prefix.read_bytes()
   assert data.endswith(b"\n") and 0 < data.count(b"\n") < 3000

@@ -12,7 +12,9 @@ from scipy import stats
 
 from snip_jax.symbolic import (build_vocab, default_env_config, generate_sample, parse_prefix,
                                properties)
+from snip_jax.symbolic.config import BASE_OPERATORS
 from snip_jax.symbolic.datapoints import random_rotation, sample_inputs
+from snip_jax.symbolic.trees import is_integer_text, is_number
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "snip_original"
 # Every comparison below is a two-sample test at this significance level. The generator's
@@ -194,16 +196,48 @@ def test_property_labels_are_attached():
   assert s.target_property == properties.yavg(s.y)
 
 
-def test_options_without_controller_and_linear_transformations():
-  cfg = default_env_config(max_input_dimension=2, use_controller=False, reduce_num_constants=False)
+def _is_float_constant(token):
+  """A prefactor drawn by generate_float (integers and named constants are not)."""
+  return is_number(token) and not is_integer_text(token)
+
+
+def test_without_reduce_num_constants_every_variable_and_unary_is_linearly_transformed():
+  """The original's add_linear_transformations: each x_i and unary f becomes a + b * (node)."""
+  cfg = default_env_config(max_input_dimension=2, reduce_num_constants=False)
+  unaries = {o for o, arity in BASE_OPERATORS.items() if arity == 1}
   rng = np.random.default_rng(5)
-  for _ in range(30):
-    s = generate_sample(rng, cfg)
-    tokens = s.tree.prefix_list()
-    # every variable is wrapped as a + b * x_i
-    for i, t in enumerate(tokens):
-      if t.startswith("x_"):
-        assert tokens[i - 1] not in ("add", "sub") or i >= 3
+  n_targets = collections.Counter()
+  for _ in range(40):
+    tokens = generate_sample(rng, cfg).tree.prefix_list()
+    targets = [i for i, t in enumerate(tokens) if t.startswith("x_") or t in unaries]
+    for i in targets:
+      head = tokens[max(i - 4, 0):i]
+      assert len(head) == 4 and head[0] == "add" and head[2] == "mul", tokens
+      assert _is_float_constant(head[1]) and _is_float_constant(head[3]), tokens
+    # Those two floats per node are all the constants: no prefactors, no root affine.
+    assert sum(map(_is_float_constant, tokens)) == 2 * len(targets), tokens
+    n_targets.update("unary" if tokens[i] in unaries else "variable" for i in targets)
+  assert n_targets["unary"] >= 20 and n_targets["variable"] >= 40, n_targets
+
+
+def test_without_controller_the_input_dimension_is_redrawn_at_every_retry():
+  """use_controller keeps one drawn d_in (and unary count) for all retries; without it, not."""
+  # Kept: accepted samples have uniform d_in. Redrawn: dimensions rejected more often (the
+  # larger ones) become rarer.
+  dims, unaries = {}, {}
+  for controller in (True, False):
+    cfg = default_env_config(max_input_dimension=3, use_controller=controller)
+    rng = np.random.default_rng(0)
+    samples = [generate_sample(rng, cfg) for _ in range(600)]
+    dims[controller] = np.bincount([s.infos["d_in"] for s in samples], minlength=4)[1:]
+    unaries[controller] = [s.infos["n_unary_ops"] for s in samples]
+  p_uniform = {c: stats.chisquare(d).pvalue for c, d in dims.items()}
+  assert p_uniform[True] > ALPHA, f"with the controller d_in counts {dims[True]} are not uniform"
+  assert p_uniform[False] < ALPHA, f"without the controller d_in counts {dims[False]} are uniform"
+  assert dims[False][0] > dims[False][2]
+  # The kept unary count survives retries too: more unaries with the controller.
+  assert _chi2_two_sample(unaries[True], unaries[False]) < ALPHA
+  assert np.mean(unaries[True]) > np.mean(unaries[False])
 
 
 def test_required_operators_and_extras():

@@ -89,6 +89,7 @@ def test_exported_labels_equal_the_property_functions_on_the_same_points(prop, t
   regenerated = [s for c in range(2) for s in generate_chunk(
       c, env_cfg=env_cfg, seed=config.seed, chunk_size=config.export.chunk_size)[0]]
   assert [s.prefix for s in regenerated] == [s.prefix for s in exported]
+  assert len(recorded) == len(exported) == 40  # one label computed per sample
   for sample, (x, y, rng) in zip(exported, recorded):
     assert np.allclose(sample.x, x, rtol=1e-3) and np.allclose(sample.y, y, rtol=1e-3)
     label = compute_property(prop, x, y, rng)

@@ -421,7 +421,38 @@ def test_corrupt_pickle_record_fails_crc(tmp_path):
   data[2000] ^= 0xFF
   path = tmp_path / "bad.pth"
   path.write_bytes(bytes(data))
-  _assert_error(path, "is not a valid checkpoint zip (truncated or corrupt)")
+  _assert_error(path, "record checkpoint/data.pkl does not match its CRC-32 (the file is corrupt)")
+
+
+def _flip_in_storage(tmp_path, record="checkpoint/data/0"):
+  """tiny.pth copied with one byte flipped in the middle of storage record `record`."""
+  data = bytearray((FIXTURES / "tiny.pth").read_bytes())
+  with zipfile.ZipFile(FIXTURES / "tiny.pth") as zf:
+    info = zf.getinfo(record)
+  name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+  start = info.header_offset + 30 + name_len + extra_len
+  data[start + info.file_size // 2] ^= 0x01
+  path = tmp_path / "flipped.pth"
+  path.write_bytes(bytes(data))
+  return path
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_flipped_byte_in_a_tensor_storage_fails_its_crc(tmp_path, mmap):
+  path = _flip_in_storage(tmp_path)
+  with pytest.raises(CheckpointError) as exc_info:
+    load_pth(path, mmap=mmap)
+  assert _single_line_error(exc_info, path).endswith(
+      "is not a valid checkpoint: record checkpoint/data/0 does not match its CRC-32 (the file is"
+      " corrupt)")
+
+
+def test_verify_crc_false_loads_a_trusted_file_as_it_is(tmp_path, tiny):
+  path = _flip_in_storage(tmp_path)
+  loaded = load_pth(path, verify_crc=False)
+  differ = [key for module in MODULES for key, value in tiny[module].items()
+            if not np.array_equal(value, loaded[module][key], equal_nan=True)]
+  assert len(differ) == 1
 
 
 def test_legacy_format(tmp_path):

@@ -1,5 +1,6 @@
 """CLIP train step: the original's 6-step replays (plain and clipped), frozen modules, gradient
-accumulation, learnable temperature, bfloat16, and 8 devices against 1 (in a subprocess).
+accumulation, learnable temperature, bfloat16, 8 devices against 1 (in a subprocess), retrieval
+accuracies against the original's CLIP logits, and one compilation per equation width.
 
 The replays feed the original's recorded batches (tiny_replay*_train_steps.npz) to the step,
 starting from its recorded initial weights, and compare losses, learning rates, grad norms,
@@ -18,9 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from snip_jax.convert.pth import load_pth
 from snip_jax.model import params_from_checkpoint, params_to_state_dicts, state_dicts_to_params
+from snip_jax.train import train_step as train_step_lib
+from snip_jax.train import trainer
 from snip_jax.train.optimizer import inverse_sqrt_schedule, snip_optimizer
 from snip_jax.train.train_step import (create_train_state, data_mesh, make_eval_step,
                                        make_grad_fn, make_train_step)
@@ -205,6 +209,48 @@ def test_eval_step_gives_the_loss_without_updating(replay_data, eval_step, fresh
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), init)
 
 
+def _top1(logits):
+  """Fraction of rows whose largest entry is on the diagonal, in numpy."""
+  logits = np.asarray(logits)
+  return float(np.mean(np.argmax(logits, axis=1) == np.arange(len(logits))))
+
+
+def test_retrieval_accuracies_match_the_originals_clip_logits(mesh):
+  """Both metrics, from tiny.pth on tiny_io's batch, equal top-1 of the original's logits."""
+  io = dict(np.load(FIXTURES / "tiny_io.npz"))
+  expected = {"accuracy_f2y": _top1(io["clip_logits_per_f"]),
+              "accuracy_y2f": _top1(io["clip_logits_per_y"])}
+  assert expected == {"accuracy_f2y": 1 / 8, "accuracy_y2f": 1 / 8}
+  cfg, params = params_from_checkpoint(load_pth(FIXTURES / "tiny.pth"))
+  batch = {"points": io["embedder_tokens"].transpose(1, 0, 2).astype(np.int32),
+           "n_points": io["len1"].astype(np.int32), "equations": io["x2"].T.astype(np.int32),
+           "equation_lengths": io["len2"].astype(np.int32)}
+  state = create_train_state(cfg, params, snip_optimizer(lr=1e-3))
+  metrics = jax.device_get(make_eval_step(cfg, mesh)(state, batch))
+  assert {k: float(metrics[k]) for k in expected} == expected
+  f2y, y2f = trainer._retrieval_accuracies(  # pylint: disable=protected-access
+      io["encoder_f_latent"], io["encoder_y_latent"], float(io["clip_temperature"]), False)
+  assert [float(f2y), float(y2f)] == list(expected.values())
+
+
+def test_retrieval_accuracy_directions_differ_on_a_hand_built_pair(replay_data, mesh,
+                                                                   fresh_state, monkeypatch):
+  """Logits [[1, 0], [2, 3]]: each equation finds its points, only the second points theirs."""
+  z_f, z_y = np.array([[1.0, 0.0], [2.0, 3.0]], np.float32), np.eye(2, dtype=np.float32)
+  expected = {"accuracy_f2y": _top1(z_f @ z_y.T), "accuracy_y2f": _top1(z_y @ z_f.T)}
+  assert expected == {"accuracy_f2y": 1.0, "accuracy_y2f": 0.5}
+  # The eval step as it is, with the model's latents replaced by the hand-built ones.
+  monkeypatch.setattr(train_step_lib.SNIP, "apply", lambda *args, **kwargs: (z_y, z_f))
+  cfg = replay_data[REPLAYS[0]][2]
+  batch = {"points": np.zeros((2, 1, cfg.tokens_per_point), np.int32),
+           "n_points": np.ones(2, np.int32), "equations": np.zeros((2, 3), np.int32),
+           "equation_lengths": np.full(2, 3, np.int32)}
+  metrics = jax.device_get(make_eval_step(cfg, mesh)(fresh_state(), batch))
+  assert {k: float(metrics[k]) for k in expected} == expected
+  f2y, y2f = trainer._retrieval_accuracies(z_f, z_y, 1.0, False)  # pylint: disable=protected-access
+  assert [float(f2y), float(y2f)] == list(expected.values())
+
+
 def _interleave(a, b):
   """[a0, b0, a1, b1, ...]: with grad_accum_steps=2, micro-batch 0 is `a` and 1 is `b`."""
   return jax.tree.map(lambda x, y: np.stack([x, y], axis=1).reshape((-1,) + x.shape[1:]), a, b)
@@ -354,7 +400,17 @@ def test_eight_devices_match_one_device_with_global_negatives(multi_device_run, 
   _assert_params_close("8 devices vs 1", errors, tol=1e-5)
 
 
-def test_train_step_compiles_once_for_collated_batches(replay_data, mesh):
+TRIMMED_WIDTHS = (32, 64, 96, 128, 160, 192, 200)  # equation_bucket=32: ceil(200 / 32) = 7
+
+
+def _placed_widths(batches, sharding, bucket):
+  """The equation widths global_batch gives `batches` with train.equation_bucket=`bucket`."""
+  return [trainer.global_batch(b, sharding, equation_bucket=bucket)["equations"].shape[1]
+          for b in batches]
+
+
+def test_train_step_compiles_once_per_equation_width(replay_data, mesh):
+  """equation_bucket=0: one compilation; 32: one per trimmed width, at most 7 (README)."""
   from snip_jax.data.batching import collate  # pylint: disable=g-import-not-at-top
   from snip_jax.symbolic import default_env_config, generate_sample  # pylint: disable=g-import-not-at-top
 
@@ -362,14 +418,30 @@ def test_train_step_compiles_once_for_collated_batches(replay_data, mesh):
   env_cfg = default_env_config(max_input_dimension=cfg.max_input_dimension,
                                float_precision=cfg.float_precision, mantissa_len=cfg.mantissa_len)
   rng = np.random.default_rng(0)
+  batches = [collate([generate_sample(rng, env_cfg) for _ in range(4)], env_cfg)
+             for _ in range(50)]
+  sharding = NamedSharding(mesh, P(train_step_lib.DATA_AXIS))
+  assert set(_placed_widths(batches, sharding, 0)) == {200}
+  trimmed = set(_placed_widths(batches, sharding, 32))
+  assert trimmed <= set(TRIMMED_WIDTHS) and len(trimmed) >= 2
+  # Every longest-equation length 1..200 lands on one of the 7 widths, and each is reached.
+  one_row = {k: v[:1] for k, v in batches[0].items()}
+  lengths = [{**one_row, "equation_lengths": np.array([n], np.int32)} for n in range(1, 201)]
+  assert sorted(set(_placed_widths(lengths, sharding, 32))) == list(TRIMMED_WIDTHS)
+
   optimizer, schedule = _optimizer(meta)
   step = make_train_step(cfg, optimizer, mesh, lr_schedule=schedule)
   state = create_train_state(cfg, init, optimizer)
-  for _ in range(3):
-    batch = collate([generate_sample(rng, env_cfg) for _ in range(4)], env_cfg)
-    state, metrics = step(state, batch, jax.random.key(0))
-  assert np.isfinite(float(metrics["loss"]))
-  assert step.jitted._cache_size() == 1  # pylint: disable=protected-access
+  stepped, compilations = batches[:5], {}
+  for bucket in (0, 32):
+    for batch in stepped:
+      state, metrics = step(state, trainer.global_batch(batch, sharding, equation_bucket=bucket),
+                            jax.random.key(0))
+      assert np.isfinite(float(metrics["loss"]))
+    compilations[bucket] = step.jitted._cache_size()  # pylint: disable=protected-access
+  widths = set(_placed_widths(stepped, sharding, 32))
+  assert len(widths) == 2  # 64 and 96: enough to tell one compilation per width from per batch
+  assert compilations == {0: 1, 32: 1 + len(widths)}
 
 
 def test_trimmed_equation_padding_gives_the_same_step_with_few_compilations(replay_data, mesh):

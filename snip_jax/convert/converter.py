@@ -2,7 +2,8 @@
 
 A converted directory holds `params/<module>/` (one Orbax checkpoint per SNIP module, saved
 one after another so the transient copies Orbax makes stay the size of one module) and
-`config.json` (the model and environment configs plus where the weights came from), which
+`config.json` (the model and environment configs, where the weights came from and the CRC-32
+of every array, checked on loading: snip_jax.convert.integrity), which
 `load_pretrained` and the training jobs start from. `export_state_dicts` goes back to the
 original's per-module state_dict keys, as a `.pth` the original code reloads
 (`--reload_model`) or as a `.npz`.
@@ -16,13 +17,14 @@ import json
 import os
 import pathlib
 import shutil
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from snip_jax.convert.integrity import CHECKSUMS_KEY, array_checksums, restoring, verify_arrays
 from snip_jax.convert.pth import load_pth
 from snip_jax.convert.pth_writer import save_pth
 from snip_jax.model import ModelConfig, params_from_checkpoint, params_to_state_dicts
@@ -63,11 +65,14 @@ def save_converted(out_dir: str | os.PathLike, model_cfg: ModelConfig, env_cfg: 
     shutil.rmtree(out_dir / PARAMS_DIR, ignore_errors=True)
   out_dir.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
+  checksums = {}
   for module, tree in params.items():
-    checkpointer.save(out_dir / PARAMS_DIR / module, jax.tree.map(np.asarray, tree))
+    tree = jax.tree.map(np.asarray, tree)
+    checkpointer.save(out_dir / PARAMS_DIR / module, tree)
+    checksums.update(array_checksums({module: tree}))
     checkpointer.wait_until_finished()
   config = {"model": model_config_to_json(model_cfg), "env": dataclasses.asdict(env_cfg),
-            "source": dict(source)}
+            "source": dict(source), CHECKSUMS_KEY: checksums}
   (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str) + "\n")
   return out_dir
 
@@ -84,23 +89,41 @@ def load_converted(path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any
                             " snip_jax.convert --pth FILE --out DIR")
   config = json.loads((path / CONFIG_FILE).read_text())
   if (path / PARAMS_DIR).is_dir():
-    checkpointer = ocp.StandardCheckpointer()
-    params = {module.name: jax.tree.map(np.asarray, checkpointer.restore(module))
-              for module in sorted((path / PARAMS_DIR).iterdir())}
+    params = _converted_params(path, config.get(CHECKSUMS_KEY))
   else:
     params = latest_checkpoint_params(path / WORKDIR_CHECKPOINTS)
   return model_config_from_json(config["model"]), default_env_config(**config["env"]), params
 
 
+def _converted_params(path: pathlib.Path, checksums: Optional[Mapping[str, str]]) -> Any:
+  """The params of converted directory `path`, verified against its recorded `checksums`."""
+  where = f"the converted checkpoint {path}"
+  fix = "Convert the .pth again: python -m snip_jax.convert --pth FILE --out DIR --overwrite"
+  checkpointer = ocp.StandardCheckpointer()
+  with restoring(where, fix):
+    params = {module.name: jax.tree.map(np.asarray, checkpointer.restore(module))
+              for module in sorted((path / PARAMS_DIR).iterdir())}
+  verify_arrays(params, checksums, where, fix)
+  return params
+
+
 def latest_checkpoint_params(directory: pathlib.Path) -> Any:
-  """The model params of the newest step in a training workdir's `checkpoints/`."""
+  """The model params of the newest step in a training workdir's `checkpoints/`, verified."""
   steps = []
   if directory.is_dir():
     steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
   if not steps:
     raise FileNotFoundError(f"{directory} holds no checkpoint: has that training run saved one?")
-  state = ocp.StandardCheckpointer().restore(directory / str(steps[-1]) / "state")
-  return jax.tree.map(np.asarray, state["params"])
+  step_dir = directory / str(steps[-1])
+  where = f"checkpoint step {steps[-1]} in {directory}"
+  fix = (f"Move {step_dir} out of {directory} to use the previous step (rerunning its training"
+         " job does that itself)")
+  with restoring(where, fix):
+    state = ocp.StandardCheckpointer().restore(step_dir / "state")
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
+  params = jax.tree.map(np.asarray, state["params"])
+  verify_arrays({"params": params}, meta.get(CHECKSUMS_KEY), where, fix)
+  return params
 
 
 def read_pth(pth_path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any, dict]:

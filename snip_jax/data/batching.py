@@ -77,15 +77,36 @@ def collate_points(samples, cfg: EnvConfig) -> dict[str, np.ndarray]:
 
 def _check_shapes(xs, ys, cfg: EnvConfig) -> None:
   for i, (x, y) in enumerate(zip(xs, ys)):
-    if x.ndim != 2 or len(x) != len(y):
-      raise ValueError(f"sample {i}: x must be [n, d] and y [n, d_out] with the same n;"
-                       f" got {x.shape} and {y.shape}")
-    if len(x) > cfg.max_len:
-      raise ValueError(f"sample {i} has {len(x)} points; max_len is {cfg.max_len}")
-    if x.shape[1] > cfg.max_input_dimension or y.shape[1] > cfg.max_output_dimension:
-      raise ValueError(
-          f"sample {i} has {x.shape[1]} input / {y.shape[1]} output columns; the config allows"
-          f" {cfg.max_input_dimension} / {cfg.max_output_dimension}")
+    problem = _shape_problem(x, y, cfg)
+    if problem:
+      raise ValueError(f"sample {i} {problem}")
+
+
+def _shape_problem(x: np.ndarray, y: np.ndarray, cfg: EnvConfig) -> str:
+  """Why `collate` cannot take points x [n, d_in], y [n, d_out] ("" when it can)."""
+  if x.ndim != 2 or len(x) != len(y):
+    return (f"has x of shape {x.shape} and y of shape {y.shape}; x must be [n, d] and y"
+            " [n, d_out] with the same n")
+  if len(x) > cfg.max_len:
+    return f"has {len(x)} points; max_len is {cfg.max_len}"
+  if x.shape[1] > cfg.max_input_dimension or y.shape[1] > cfg.max_output_dimension:
+    return (f"has {x.shape[1]} input / {y.shape[1]} output columns; the config allows"
+            f" {cfg.max_input_dimension} / {cfg.max_output_dimension}")
+  return ""
+
+
+def check_sample(sample, cfg: EnvConfig, points: bool = True) -> None:
+  """Raise ValueError saying why `collate` would refuse `sample` (tokens; x/y with `points`)."""
+  if points:
+    x = np.asarray(sample.x, dtype=np.float64)
+    y = np.asarray(sample.y, dtype=np.float64).reshape(len(sample.y), -1)
+    problem = _shape_problem(x, y, cfg)
+    if problem:
+      raise ValueError(f"the sample {problem}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+      raise ValueError("x_to_fit or y_to_fit holds NaN or inf; only finite values can be"
+                       " tokenised")
+  _equation_ids(sample.tree_encoded, build_vocab(cfg).equation_word2id, MAX_EQUATION_LEN)
 
 
 def collate_equations(token_lists: Sequence[Sequence[str]], cfg: EnvConfig,
@@ -98,17 +119,26 @@ def collate_equations(token_lists: Sequence[Sequence[str]], cfg: EnvConfig,
   lengths = np.zeros(b, dtype=np.int32)
   equations[:, 0] = vocab.eos_id
   for i, tokens in enumerate(token_lists):
-    if len(tokens) + 2 > max_equation_len:
-      raise ValueError(f"sample {i}: equation has {len(tokens)} tokens; at most"
-                       f" {max_equation_len - 2} fit between the two <EOS>")
     try:
-      ids = [word2id[w] for w in tokens]
-    except KeyError as err:
-      raise ValueError(f"sample {i}: equation token {err.args[0]!r} is not in the vocabulary")
+      ids = _equation_ids(tokens, word2id, max_equation_len)
+    except ValueError as err:
+      raise ValueError(f"sample {i}: {err}") from None
     equations[i, 1:len(ids) + 1] = ids
     equations[i, len(ids) + 1] = vocab.eos_id
     lengths[i] = len(ids) + 2
   return {"equations": equations, "equation_lengths": lengths}
+
+
+def _equation_ids(tokens: Sequence[str], word2id: dict, max_equation_len: int) -> list[int]:
+  """The vocabulary ids of an equation's tokens; ValueError if one is unknown or too many."""
+  if len(tokens) + 2 > max_equation_len:
+    raise ValueError(f"equation has {len(tokens)} tokens; at most {max_equation_len - 2} fit"
+                     " between the two <EOS>")
+  try:
+    return [word2id[w] for w in tokens]
+  except KeyError as err:
+    raise ValueError(f"equation token {err.args[0]!r} is not in the vocabulary (a variable"
+                     " beyond env.max_input_dimension, or an operator this env lacks?)") from None
 
 
 def trim_equations(batch: dict, multiple: int) -> dict:

@@ -26,7 +26,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from absl import logging
 
+from snip_jax import checks
+from snip_jax.data.batching import check_sample
 from snip_jax.data.stream import mapped_stream
+from snip_jax.errors import UserError
 from snip_jax.symbolic.config import EnvConfig, default_env_config
 from snip_jax.symbolic.generator import Sample
 from snip_jax.symbolic.tokenizers import encode_prefix
@@ -39,6 +42,7 @@ _NON_INFO_FIELDS = frozenset(("x_to_fit", "y_to_fit", "x_to_predict", "y_to_pred
 PREFIX_FILE = "data.prefix"
 INFIX_FILE = "data.infix"
 META_FILE = "export_meta.json"
+SCAN_LIMIT_BYTES = 100 * 2**20  # validation reads corpora up to this size in full (~10 s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,8 +85,12 @@ def samples_to_lines(samples: Sequence[Sample], *, cfg: EnvConfig,
 class ExportInterrupted(Exception):
   """The export stopped on SIGINT/SIGTERM after writing whole lines; rerun to resume."""
 
+  def __init__(self, message: str, signal_name: str):
+    super().__init__(message)
+    self.signal_name = signal_name
 
-class CorpusError(ValueError):
+
+class CorpusError(UserError):
   """A data.prefix line that cannot be read; the message names the file and line."""
 
 
@@ -104,10 +112,13 @@ def _open_text(path: pathlib.Path):
   return open(path, encoding="utf-8")
 
 
-def read_corpus(path: str | os.PathLike, env_cfg: EnvConfig) -> Iterator[Sample]:
+def read_corpus(path: str | os.PathLike, env_cfg: EnvConfig, *, points: bool = True,
+                require_target: bool = False) -> Iterator[Sample]:
   """Samples of a data.prefix file (ours or the original's, optionally .gz).
 
-  Errors name the line number.
+  Every sample is checked against `env_cfg` as `collate` would: its equation tokens and, with
+  `points`, its x/y (columns, count, NaN/inf); `require_target` also wants a
+  target_property. Errors name file:line.
   """
   path = pathlib.Path(path)
   with _open_text(path) as f:
@@ -116,11 +127,34 @@ def read_corpus(path: str | os.PathLike, env_cfg: EnvConfig) -> Iterator[Sample]
         raise CorpusError(f"{path}:{lineno}: truncated last line (no newline); an export was"
                           " interrupted mid-write: resume the export to repair it")
       try:
-        record = json.loads(line)
-        yield record_to_sample(record, env_cfg)
+        sample = record_to_sample(json.loads(line), env_cfg)
+        check_sample(sample, env_cfg, points)
       except (ValueError, KeyError, TypeError) as err:
         problem = f"missing field {err}" if isinstance(err, KeyError) else str(err)
         raise CorpusError(f"{path}:{lineno}: cannot read this data.prefix line: {problem}") from None
+      if require_target and sample.target_property is None:
+        raise CorpusError(f"{path}:{lineno} has no target_property: export property data with"
+                          " env.is_proppred=True (configs/export.py:ncr, upward, yavg or oscil)")
+      yield sample
+
+
+def scan_corpus(path: str | os.PathLike, env_cfg: EnvConfig, *, points: bool = True,
+                require_target: bool = False,
+                limit_bytes: int = SCAN_LIMIT_BYTES) -> Optional[int]:
+  """Read a corpus of at most `limit_bytes` in full (CorpusError at file:line); its samples.
+
+  `points` and `require_target` are read_corpus's. None for a larger file: read_corpus
+  checks its lines (naming file:line too) as training reads them.
+  """
+  path = pathlib.Path(path)
+  if path.stat().st_size > limit_bytes:
+    logging.info("%s is over %d MB: its lines are checked as training reads them", path,
+                 limit_bytes >> 20)
+    return None
+  n = sum(1 for _ in read_corpus(path, env_cfg, points=points, require_target=require_target))
+  if not n:
+    raise CorpusError(f"{path} is empty: it holds no samples")
+  return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,12 +214,12 @@ def prepare_workdir(workdir: pathlib.Path, plan: ExportPlan, with_infix: bool) -
     if previous != plan.as_json():
       changed = sorted(k for k in set(previous) | set(plan.as_json())
                        if previous.get(k) != plan.as_json().get(k))
-      raise ValueError(
+      raise UserError(
           f"{workdir} holds an export made with different settings ({', '.join(changed)});"
           " resuming would mix two streams. Use a new workdir or the original settings.")
   elif prefix_path.exists():
-    raise ValueError(f"{prefix_path} exists but {META_FILE} does not: it was not written by this"
-                     " exporter, so it cannot be resumed. Use a new workdir.")
+    raise UserError(f"{prefix_path} exists but {META_FILE} does not: it was not written by this"
+                    " exporter, so it cannot be resumed. Use a new workdir.")
   else:
     meta_path.write_text(json.dumps(plan.as_json(), indent=1) + "\n")
   done = count_complete_lines(prefix_path, repair=True)
@@ -197,8 +231,8 @@ def prepare_workdir(workdir: pathlib.Path, plan: ExportPlan, with_infix: bool) -
       _truncate_lines(prefix_path, done)
       _truncate_lines(infix_path, done)
     elif not infix_path.exists() and done:
-      raise ValueError(f"{prefix_path} has {done} lines but {INFIX_FILE} is missing; resume"
-                       " with write_infix=False or start a new workdir")
+      raise UserError(f"{prefix_path} has {done} lines but {INFIX_FILE} is missing; resume"
+                      " with write_infix=False or start a new workdir")
   return done
 
 
@@ -250,8 +284,8 @@ def export_corpus(workdir: str | os.PathLike, env_cfg: EnvConfig, *, n_samples: 
       if stop.requested:
         stream.close()
         raise ExportInterrupted(
-            f"stopped by signal {stop.requested} with {done}/{n_samples} samples in"
-            f" {prefix_path}; rerun the same command to resume")
+            f"stopped by {stop.requested} with {done}/{n_samples} samples in"
+            f" {prefix_path}; rerun the same command to resume", stop.requested)
   progress.finish(prefix_path)
   return prefix_path
 
@@ -397,13 +431,30 @@ def _n_lines(path: pathlib.Path) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def validate_config(config, workdir: str) -> None:
+  """Check the export options and the workdir before anything is written (UserError if wrong)."""
+  checks.workdir(workdir)
+  ex = config.export
+  checks.at_least(1, ex, "export", "n_samples", "chunk_size")
+  checks.at_least(0, ex, "export", "num_workers", "n_valid", "n_test")
+  checks.one_of(ex.dedup_key, ("tree", "skeleton"), "export.dedup_key")
+  if not ex.log_every_s > 0 or ex.chunk_timeout_s < 0:
+    raise UserError(f"export.log_every_s must be > 0 and export.chunk_timeout_s >= 0 (0: no"
+                    f" limit), got {ex.log_every_s} and {ex.chunk_timeout_s}")
+  if ex.n_valid + ex.n_test > ex.n_samples:
+    raise UserError(f"export.n_valid + export.n_test ({ex.n_valid} + {ex.n_test}) exceed"
+                    f" export.n_samples ({ex.n_samples})")
+  if ex.tfds and not (ex.n_valid or ex.n_test):
+    raise UserError("export.tfds writes the train/valid/test split: set export.n_test (and/or"
+                    " export.n_valid) > 0")
+  with checks.as_user_error():
+    env_config_from(config.env)
+
+
 def run_export(config, workdir: str) -> pathlib.Path:
   """`launch.py` entry point: export `config.export.n_samples`, then split if asked."""
   env_cfg = env_config_from(config.env)
   ex = config.export
-  if ex.tfds and not (ex.n_valid or ex.n_test):
-    raise ValueError("export.tfds writes the train/valid/test split: set export.n_test (and/or"
-                     " export.n_valid) > 0")
   path = export_corpus(workdir, env_cfg, n_samples=ex.n_samples, seed=config.seed,
                        chunk_size=ex.chunk_size, num_workers=ex.num_workers,
                        write_infix=ex.write_infix, log_every_s=ex.log_every_s,

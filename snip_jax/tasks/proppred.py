@@ -32,7 +32,9 @@ from absl import logging
 
 from snip_jax.convert.converter import WORKDIR_CHECKPOINTS, latest_checkpoint_params
 from snip_jax.data.batching import collate_equations, trim_equations
-from snip_jax.data.export import env_config_from, read_corpus
+from snip_jax import checks
+from snip_jax.data.export import env_config_from, read_corpus, scan_corpus
+from snip_jax.errors import UserError
 from snip_jax.model import SNIP, ModelConfig
 from snip_jax.symbolic.config import PROPERTY_TYPES, EnvConfig
 from snip_jax.train import trainer
@@ -71,12 +73,10 @@ def load_jsonl_set(path: str | os.PathLike, env_cfg: EnvConfig, *, use_skeleton:
     raise FileNotFoundError(f"property data file {path} does not exist; export one with"
                             " launch.py --config=configs/export.py:ncr --workdir=DIR")
   tokens, targets, prefixes = [], [], []
-  for lineno, sample in enumerate(read_corpus(path, env_cfg), start=1):
+  for lineno, sample in enumerate(read_corpus(path, env_cfg, points=False,
+                                                  require_target=True), start=1):
     if limit and lineno > limit:
       break
-    if sample.target_property is None:
-      raise ValueError(f"{path}:{lineno} has no target_property: export property data with"
-                       " env.is_proppred=True (configs/export.py:ncr, upward, yavg or oscil)")
     tokens.append(sample.skeleton_tree_encoded if use_skeleton else sample.tree_encoded)
     targets.append(sample.target_property)
     prefixes.append(sample.prefix)
@@ -90,14 +90,7 @@ def load_jsonl_set(path: str | os.PathLike, env_cfg: EnvConfig, *, use_skeleton:
 def load_tfds_set(data_dir: str | os.PathLike, split: str, env_cfg: EnvConfig, *,
                   limit: int = 0) -> PropertySet:
   """The first `limit` (0: all) examples of a TFDS split built by build_tfds_corpus."""
-  from snip_jax.data.tfds_corpus import corpus_source  # pylint: disable=g-import-not-at-top
-
-  source = corpus_source(data_dir, split, env_cfg)
-  if len(source) == 0:
-    raise ValueError(f"{data_dir} split {split!r} is empty")
-  if not source.has_target_property:
-    raise ValueError(f"{data_dir} split {split!r} has examples without target_property: build"
-                     " it from property data (configs/export.py:ncr with export.tfds=True)")
+  source = _property_source(data_dir, split, env_cfg)
   n = min(limit, len(source)) if limit else len(source)
   rows = source.__getitems__(range(n))
   return PropertySet(np.stack([r["equations"] for r in rows]),
@@ -106,24 +99,54 @@ def load_tfds_set(data_dir: str | os.PathLike, split: str, env_cfg: EnvConfig, *
                      tuple(r["tree"] for r in rows))
 
 
+def _property_source(data_dir: str | os.PathLike, split: str, env_cfg: EnvConfig):
+  """The CorpusSource of a non-empty TFDS split whose examples all have a target_property."""
+  from snip_jax.data.tfds_corpus import corpus_source  # pylint: disable=g-import-not-at-top
+
+  with checks.as_user_error(FileNotFoundError):
+    source = corpus_source(data_dir, split, env_cfg)
+  if len(source) == 0:
+    raise UserError(f"{data_dir} split {split!r} is empty")
+  if not source.has_target_property:
+    raise UserError(f"{data_dir} split {split!r} has examples without target_property: build"
+                    " it from property data (configs/export.py:ncr with export.tfds=True)")
+  return source
+
+
+def split_location(config, split: str) -> pathlib.Path:
+  """Where config.data's `split` (train or test) is: its data.prefix, or the TFDS directory."""
+  data = config.data
+  if data.source == "jsonl":
+    return checks.readable(data[f"{split}_path"], f"data.{split}_path",
+                           hint="a property data.prefix (configs/export.py:ncr writes"
+                           " split/data.prefix.train and .test)")
+  if data.source == "tfds":
+    if data.use_skeleton:
+      raise UserError("data.use_skeleton needs data.source='jsonl': TFDS corpora store the"
+                      " equations with their constants")
+    return checks.readable(data.tfds_dir, "data.tfds_dir", "dir",
+                           hint="export.tfds=True writes one")
+  raise UserError(f"data.source must be 'jsonl' or 'tfds', got {data.source!r}")
+
+
 def load_split(config, env_cfg: EnvConfig, split: str) -> PropertySet:
   """config.data's `train` (up to data.n_train labels) or `test` set."""
   data = config.data
   limit = data.n_train if split == "train" else 0
+  location = split_location(config, split)
   if data.source == "jsonl":
-    path = data.train_path if split == "train" else data.test_path
-    if not path:
-      raise ValueError(f"set data.{split}_path to a property data.prefix (configs/export.py:ncr"
-                       " writes split/data.prefix.train and .test)")
-    return load_jsonl_set(path, env_cfg, use_skeleton=data.use_skeleton, limit=limit)
-  if data.source == "tfds":
-    if not data.tfds_dir:
-      raise ValueError("data.source='tfds' needs data.tfds_dir (export.tfds=True writes one)")
-    if data.use_skeleton:
-      raise ValueError("data.use_skeleton needs data.source='jsonl': TFDS corpora store the"
-                       " equations with their constants")
-    return load_tfds_set(data.tfds_dir, split, env_cfg, limit=limit)
-  raise ValueError(f"data.source must be 'jsonl' or 'tfds', got {data.source!r}")
+    return load_jsonl_set(location, env_cfg, use_skeleton=data.use_skeleton, limit=limit)
+  return load_tfds_set(location, split, env_cfg, limit=limit)
+
+
+def check_data(config, env_cfg: EnvConfig, splits: tuple[str, ...]) -> None:
+  """The `splits` exist and hold property data (JSONL under 100 MB: every line read)."""
+  for split in splits:
+    location = split_location(config, split)
+    if config.data.source == "jsonl":
+      scan_corpus(location, env_cfg, points=False, require_target=True)
+    else:
+      _property_source(location, split, env_cfg)
 
 
 def property_batches(data: PropertySet, batch_size: int, seed: int, start_batch: int = 0, *,
@@ -135,7 +158,7 @@ def property_batches(data: PropertySet, batch_size: int, seed: int, start_batch:
   """
   n = len(data)
   if batch_size > n:
-    raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples")
+    raise UserError(f"train.batch_size {batch_size} exceeds the {n} training samples")
   local = batch_size // process_count
 
   @functools.lru_cache(maxsize=2)  # a batch spans at most two epochs
@@ -234,20 +257,42 @@ def check_config(config) -> tuple[str, ...]:
   """Validate the property options; returns the trainable modules of the variant."""
   variant, init_from = config.task.variant, config.train.init_from
   if config.env.property_type not in PROPERTY_TYPES:
-    raise ValueError(f"env.property_type {config.env.property_type!r} is not a property; use"
-                     f" one of {', '.join(PROPERTY_TYPES)}")
+    raise UserError(f"env.property_type {config.env.property_type!r} is not a property; use"
+                    f" one of {', '.join(PROPERTY_TYPES)}")
   if variant not in VARIANTS:
-    raise ValueError(f"task.variant {variant!r} is unknown; use one of {', '.join(VARIANTS)}")
+    raise UserError(f"task.variant {variant!r} is unknown; use one of {', '.join(VARIANTS)}")
   if variant == "supervised" and init_from:
-    raise ValueError("the supervised variant trains from scratch: leave train.init_from empty,"
-                     " or use the finetuned variant to start from a checkpoint")
+    raise UserError("the supervised variant trains from scratch: leave train.init_from empty,"
+                    " or use the finetuned variant to start from a checkpoint")
   if variant != "supervised" and not init_from:
-    raise ValueError(f"the {variant} variant starts from a pretrained encoder: set"
-                     " train.init_from to a converted SNIP checkpoint or a pretraining workdir")
+    raise UserError(f"the {variant} variant starts from a pretrained encoder: set"
+                    " train.init_from to a converted SNIP checkpoint or a pretraining workdir")
   if tuple(config.train.trainable) != VARIANTS[variant]:
-    raise ValueError(f"train.trainable {tuple(config.train.trainable)} does not match the"
-                     f" {variant} variant's {VARIANTS[variant]}; leave it to the preset")
+    raise UserError(f"train.trainable {tuple(config.train.trainable)} does not match the"
+                    f" {variant} variant's {VARIANTS[variant]}; leave it to the preset")
   return VARIANTS[variant]
+
+
+def validate_config(config, workdir: str) -> None:
+  """Check a proppred run's settings, data and workdir before anything is built (UserError)."""
+  env_cfg = trainer.validate_config(config, workdir, EVAL_METRICS)
+  check_config(config)
+  checks.at_least(0, config.data, "data", "n_train")
+  check_data(config, env_cfg, ("train", "test"))
+  trainer.check_devices(config)
+
+
+def validate_report_config(config, workdir: str) -> None:
+  """Check what `report` needs: a trained workdir and the test data (UserError if wrong)."""
+  checks.workdir(workdir)
+  if not (pathlib.Path(workdir) / WORKDIR_CHECKPOINTS).is_dir():
+    raise UserError(f"--workdir={workdir} holds no {WORKDIR_CHECKPOINTS}/: train there first"
+                    " (--config.job=proppred)")
+  checks.at_least(1, config.eval, "eval", "batch_size")
+  with checks.as_user_error():
+    env_cfg = env_config_from(config.env)
+    trainer.model_config(config, env_cfg)
+  check_data(config, env_cfg, ("test",))
 
 
 def proppred_task(config, env_cfg: EnvConfig, model_cfg: ModelConfig, mesh) -> trainer.Task:

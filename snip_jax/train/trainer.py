@@ -7,7 +7,8 @@ the evaluation. Everything lives in `workdir`:
 - `config.json`: the model and env configs (and the run's config), so `init_from` and
   `load_pretrained` accept the workdir like a converted checkpoint.
 - `checkpoints/<step>/`: Orbax checkpoints of the TrainState (params, optimizer state, step,
-  log-temperature) and `meta` (next batch index, RNG key, best eval metric). The latest
+  log-temperature) and `meta` (next batch index, RNG key, best eval metric, the CRC-32 of
+  every array, checked when it is restored: snip_jax.convert.integrity). The latest
   `train.keep_checkpoints` are kept, plus the best by `eval.best_metric`.
 - `metrics.jsonl`: one JSON object per train log (step, loss, accuracy_f2y, accuracy_y2f, lr,
   grad_norm, temperature, samples_per_s, step_time_s; means over the log interval) and per
@@ -16,9 +17,12 @@ the evaluation. Everything lives in `workdir`:
 
 Resuming: a rerun with the same workdir restores the latest checkpoint and continues the data
 stream at the batch after it, so it follows the same trajectory as an uninterrupted run. A
-checkpoint that fails to restore (e.g. truncated files) is logged, moved to
-`checkpoints_unrestorable/`, and the previous one is used instead.
-SIGTERM (preemption) makes the loop save a checkpoint at the current step and return.
+checkpoint that fails to restore (e.g. truncated files) or restores corrupt (arrays that differ
+from their checksums, NaN/inf) gets one warning line, is moved to `checkpoints_unrestorable/`,
+and the previous one is used instead.
+SIGTERM (preemption) makes the loop save a checkpoint at the current step and return
+(launch.py then exits 75). `validate_clip_config` (launch.py runs it first) checks the
+settings, data sources and workdir before anything is built or written.
 
 Multi-host: `jax.distributed.initialize` runs when `config.distributed.coordinator_address`
 is set (with num_processes and process_id), when JAX_COORDINATOR_ADDRESS is in the
@@ -50,11 +54,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from snip_jax import checks
 from snip_jax.convert.converter import (CONFIG_FILE, WORKDIR_CHECKPOINTS, load_converted,
-                                       model_config_to_json)
+                                       model_config_from_json, model_config_to_json)
+from snip_jax.convert.integrity import (CHECKSUMS_KEY, CorruptCheckpointError, array_checksums,
+                                       restoring, verify_arrays)
 from snip_jax.data.batching import trim_equations
-from snip_jax.data.export import env_config_from
+from snip_jax.data.export import env_config_from, scan_corpus
 from snip_jax.data.stream import batch_stream
+from snip_jax.errors import UserError
 from snip_jax.model import SNIP, ModelConfig, clip_logits, init_params
 from snip_jax.symbolic.config import EnvConfig
 from snip_jax.train import plots
@@ -159,7 +167,7 @@ def check_compatible(model_cfg: ModelConfig, loaded_cfg: ModelConfig, source: st
            if getattr(wanted, f.name) != getattr(loaded_cfg, f.name)]
   vocab = any(d.startswith(("n_words", "n_float_words")) for d in diffs)
   hint = " (another vocabulary: set the env options it was trained with)" if vocab else ""
-  raise ValueError(f"train.init_from={source} does not fit this config{hint}; set these to"
+  raise UserError(f"train.init_from={source} does not fit this config{hint}; set these to"
                    f" match: {'; '.join(diffs)}")
 
 
@@ -184,12 +192,84 @@ def make_optimizer(optim) -> tuple[Any, Callable]:
   return optimizer, inverse_sqrt_schedule(optim.lr, optim.warmup_updates, optim.warmup_init_lr)
 
 
-def local_batch_size(batch_size: int) -> int:
+def local_batch_size(batch_size: int, option: str = "train.batch_size") -> int:
   """This process's share of a global batch, which must split evenly over processes/devices."""
-  if batch_size % jax.device_count():
-    raise ValueError(f"batch_size {batch_size} must be a multiple of the {jax.device_count()}"
-                     " devices")
+  checks.multiple_of(batch_size, jax.device_count(), option, "the device count")
   return batch_size // jax.process_count()
+
+
+# ------------------------------------------------------------------------- validation
+
+
+def validate_config(config, workdir: str,
+                    eval_metrics: Sequence[str] = EVAL_METRICS) -> EnvConfig:
+  """Check the loop's settings, init_from and the workdir before anything is built or written.
+
+  Raises UserError naming the first wrong setting; returns the EnvConfig. The batch sizes
+  are checked against the devices by check_devices, which a job's validation calls last.
+  """
+  checks.workdir(workdir)
+  tc = config.train
+  checks.at_least(1, tc, "train", "batch_size", "num_train_steps", "log_every_steps",
+                  "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                  "n_steps_per_epoch", "grad_accum_steps")
+  checks.at_least(0, tc, "train", "num_workers", "prefetch_batches", "equation_bucket")
+  checks.at_least(1, config.eval, "eval", "batch_size")
+  checks.one_of(config.eval.best_metric, eval_metrics, "eval.best_metric")
+  with checks.as_user_error():
+    env_cfg = env_config_from(config.env)
+    model_cfg = model_config(config, env_cfg)
+    make_optimizer(config.optim)
+  if tc.init_from:
+    _check_init_from(tc.init_from, model_cfg)
+  return env_cfg
+
+
+def check_devices(config) -> None:
+  """The batch sizes split over the devices (after starting jax.distributed, as the loop does)."""
+  initialize_distributed(config.distributed)
+  checks.multiple_of(config.train.batch_size, jax.device_count() * config.train.grad_accum_steps,
+                     "train.batch_size", "the device count times train.grad_accum_steps")
+  local_batch_size(config.eval.batch_size, "eval.batch_size")
+
+
+def _check_init_from(path: str, model_cfg: ModelConfig) -> None:
+  """train.init_from holds a config.json whose model fits `model_cfg` (the weights load later)."""
+  source = checks.readable(path, "train.init_from", "dir",
+                           hint="a converted checkpoint or a training workdir")
+  saved = source / CONFIG_FILE
+  if not saved.is_file():
+    raise UserError(f"train.init_from={path} is neither a converted checkpoint nor a training"
+                    f" workdir (no {CONFIG_FILE}); convert a .pth first: python -m"
+                    " snip_jax.convert --pth FILE --out DIR")
+  saved_model = json.loads(saved.read_text())["model"]
+  check_compatible(model_cfg, model_config_from_json(saved_model), path)
+
+
+def validate_clip_config(config, workdir: str) -> None:
+  """validate_config plus configs/pretrain.py's data source and held-out set (UserError)."""
+  env_cfg = validate_config(config, workdir)
+  _check_eval_set(config.eval)
+  data = config.data
+  checks.one_of(data.source, ("generate", "jsonl", "tfds"), "data.source")
+  checks.at_least(0, data, "data", "shuffle_buffer")
+  if data.source == "jsonl":
+    scan_corpus(checks.readable(data.jsonl_path, "data.jsonl_path",
+                                hint="a data.prefix file (launch.py export job)"), env_cfg)
+  elif data.source == "tfds":
+    from snip_jax.data.tfds_corpus import corpus_source  # pylint: disable=g-import-not-at-top
+
+    tfds_dir = checks.readable(data.tfds_dir, "data.tfds_dir", "dir",
+                               hint="the output of build_tfds_corpus")
+    with checks.as_user_error(FileNotFoundError):
+      corpus_source(tfds_dir, data.tfds_split, env_cfg)
+  check_devices(config)
+
+
+def _check_eval_set(ev) -> None:
+  """eval.n_samples must be a positive multiple of eval.batch_size (whole eval batches)."""
+  checks.at_least(1, ev, "eval", "n_samples", "batch_size")
+  checks.multiple_of(ev.n_samples, ev.batch_size, "eval.n_samples", "eval.batch_size")
 
 
 # ------------------------------------------------------------------------- data
@@ -208,16 +288,12 @@ def host_batches(config, env_cfg: EnvConfig, start_batch: int) -> Iterator[dict]
   if source == "jsonl":
     from snip_jax.data.tfds_corpus import jsonl_batches  # pylint: disable=g-import-not-at-top
 
-    if not config.data.jsonl_path:
-      raise ValueError("data.source='jsonl' needs data.jsonl_path=PATH/data.prefix")
     return jsonl_batches(config.data.jsonl_path, env_cfg, local_bs, seed=seed,
                          shuffle_buffer=config.data.shuffle_buffer, num_epochs=None,
                          shard_index=index, shard_count=count, start_step=start_batch)
   if source == "tfds":
     from snip_jax.data.tfds_corpus import corpus_batches, corpus_source  # pylint: disable=g-import-not-at-top
 
-    if not config.data.tfds_dir:
-      raise ValueError("data.source='tfds' needs data.tfds_dir (build_tfds_corpus output)")
     corpus = corpus_source(config.data.tfds_dir, config.data.tfds_split, env_cfg)
     return corpus_batches(corpus, local_bs, seed, shard_index=index, shard_count=count,
                           start_step=start_batch)
@@ -295,16 +371,14 @@ class Prefetcher:
 def eval_batches(config, env_cfg: EnvConfig) -> list[dict]:
   """The held-out generated set (seed train.seed + eval.seed_offset) in eval batches."""
   n, bs = config.eval.n_samples, config.eval.batch_size
-  if n < 1 or bs < 1 or n % bs or bs % jax.device_count():
-    raise ValueError(f"eval.n_samples ({n}) must be a positive multiple of eval.batch_size"
-                     f" ({bs}), itself a multiple of the {jax.device_count()} devices")
+  _check_eval_set(config.eval)
   seed = config.train.seed + config.eval.seed_offset
   start = time.time()
   batches = [{k: chunk.payload[k] for k in BATCH_KEYS}
              for chunk in batch_stream(env_cfg, seed=seed, batch_size=bs,
                                        num_workers=config.train.num_workers, end_batch=n // bs)]
   logging.info("generated the eval set: %d samples in %.1f s", n, time.time() - start)
-  rows = local_batch_size(bs)
+  rows = local_batch_size(bs, "eval.batch_size")
   offset = jax.process_index() * rows
   return [{k: v[offset:offset + rows] for k, v in b.items()} for b in batches]
 
@@ -386,8 +460,13 @@ def _lower_is_better(metric: str) -> bool:
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dict,
                     eval_metrics: Optional[dict]) -> None:
-  """Start an async save of `state` and `meta` at state.step (metrics rank the best)."""
+  """Start an async save of `state` and `meta` (plus the state's checksums) at state.step.
+
+  The checksums read the host copy of the state that the save fetches anyway (no extra
+  device sync); `eval_metrics` rank the best checkpoint.
+  """
   step = int(state.step)
+  meta = {**meta, CHECKSUMS_KEY: array_checksums(state)}
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)),
                metrics=eval_metrics, force=True)
@@ -395,31 +474,35 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dic
 
 def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState,
                        step: int) -> tuple[TrainState, dict]:
-  """The state (placed like `state`) and meta saved at `step`."""
+  """The state (placed like `state`) and meta saved at `step`, verified against its checksums."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  return restored["state"], restored["meta"]
+  where = f"checkpoint step {step} in {manager.directory}"
+  with restoring(where):
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  meta = dict(restored["meta"])
+  verify_arrays(restored["state"], meta.pop(CHECKSUMS_KEY, None), where)
+  return restored["state"], meta
 
 
 def restore_latest_good(manager: ocp.CheckpointManager, state: TrainState,
                         workdir: pathlib.Path) -> tuple[TrainState, dict, int]:
-  """The newest checkpoint that restores; newer unreadable ones are warned about, set aside."""
+  """The newest checkpoint that restores intact; newer bad ones are set aside, one warning each."""
   steps, failed = sorted(manager.all_steps(), reverse=True), []
   for step in steps:
     try:
       restored_state, meta = restore_checkpoint(manager, state, step)
-    except Exception as error:  # pylint: disable=broad-except
-      logging.warning("checkpoint step %d in %s does not restore: %r; trying the previous one",
-                      step, manager.directory, error)
-      failed.append((step, error))
+    except CorruptCheckpointError as error:
+      failed.append(error)
       continue
-    for bad, _ in failed:
+    for bad, error in zip(steps, failed):
       _set_aside(manager, bad, workdir / UNRESTORABLE_DIR)
+      logging.warning("%s; moved it to %s and resumed from step %d", error,
+                      workdir / UNRESTORABLE_DIR, step)
     return restored_state, meta, step
-  raise RuntimeError(
+  raise UserError(
       f"none of the checkpoints in {manager.directory} restores (a changed model/optimizer"
-      " config, or corrupt files?): " + "; ".join(f"step {s}: {e!r}" for s, e in failed)
+      " config, or corrupt files?): " + "; ".join(map(str, failed))
       + ". Restore the config they were written with, or use a new workdir to start over")
 
 
@@ -429,9 +512,9 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, directory: pathlib.Pat
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
     (pathlib.Path(manager.directory) / str(step)).rename(target)
-    logging.warning("moved the unrestorable checkpoint step %d to %s", step, target)
   multihost_utils.sync_global_devices(f"snip_set_aside_checkpoint_{step}")
   manager.reload()
+
 
 
 # ------------------------------------------------------------------------- metrics
@@ -491,10 +574,15 @@ def _check_finite(step: int, metrics: dict, manager: ocp.CheckpointManager) -> N
   """Raise NonFiniteLossError naming `step` if its loss is NaN or infinite."""
   loss = float(metrics["loss"])
   if not math.isfinite(loss):
+    latest = manager.latest_step()
+    resume = ("starts over (no checkpoint was saved)" if latest is None else
+              f"resumes from step {latest} in {manager.directory}")
     raise NonFiniteLossError(
-        f"the training loss is {loss} at step {step}; stopped without saving it. The last"
-        f" checkpoint is step {manager.latest_step()} in {manager.directory}. Lower optim.lr or"
-        " raise optim.warmup_updates, or check the data, then rerun to resume from it")
+        f"the training loss is {loss} at step {step}; stopped without saving it. Rerunning the"
+        f" same command {resume} and meets the same batches again (checkpoints are verified"
+        " when restored: the cause is the settings or the data, not a damaged checkpoint), so"
+        " first lower optim.lr or raise optim.warmup_updates, or check the data for extreme"
+        " values")
 
 
 class _SigtermFlag:
@@ -632,9 +720,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike,
     writer.close()
 
   pngs = plots.plot_workdir(workdir) if jax.process_index() == 0 else []
-  logging.info("checkpoints: %s\nmetrics: %s\ntensorboard: %s\nplots: %s",
-               manager.directory, writer.path, writer.tensorboard_dir,
-               ", ".join(map(str, pngs)) or "none")
   return {**train_log, **eval_metrics, "step": step, "preempted": preempted,
           "checkpoint_dir": str(manager.directory), "metrics_file": str(writer.path),
           "tensorboard_dir": str(writer.tensorboard_dir), "plots": [str(p) for p in pngs]}
