@@ -7,6 +7,7 @@ import ml_collections
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  """The convert job (no ARG); set --config.pth to the original .pth."""
   del arg
   config = ml_collections.ConfigDict()
   config.job = "convert"

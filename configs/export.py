@@ -28,6 +28,7 @@ def env_config_dict(**overrides) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  """The export job; ARG d1 (default), d10, runlocal or a property set (ncr, upward, ...)."""
   preset = arg or "d1"
   config = ml_collections.ConfigDict()
   config.job = "export"

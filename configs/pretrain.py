@@ -13,7 +13,7 @@ updates from 1e-7, clip_grad_norm 0.5, latent 512, 8 layers of width 512, 16 hea
 
 import ml_collections
 
-from configs.export import env_config_dict
+from snip_jax.configs.export import env_config_dict
 
 
 def model_config_dict(**overrides) -> ml_collections.ConfigDict:
@@ -45,6 +45,7 @@ def apply_runlocal(config: ml_collections.ConfigDict, *, lr: float, num_train_st
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  """The pretraining job; ARG d1 (default), d10 or runlocal."""
   preset = arg or "d1"
   config = ml_collections.ConfigDict()
   config.job = "pretrain"

@@ -16,7 +16,7 @@ a converted SNIP checkpoint or a pretraining workdir of ours; its encoder_f is l
 
 import ml_collections
 
-from configs import pretrain
+from snip_jax.configs import pretrain
 from snip_jax.symbolic.config import PROPERTY_TYPES
 from snip_jax.tasks.proppred import VARIANTS
 
@@ -35,6 +35,7 @@ def _parse(arg: str) -> tuple[str, str, bool]:
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  """The property-prediction job; ARG PROPERTY,VARIANT[,runlocal] (default ncr,supervised)."""
   prop, variant, runlocal = _parse(arg)
   config = pretrain.get_config("d1")
   config.unlock()

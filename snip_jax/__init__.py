@@ -1,5 +1,7 @@
 """snip-jax: SNIP (Symbolic-Numeric Integrated Pre-training) in JAX/Flax."""
 
+__version__ = "0.1.0"  # the one place; pyproject.toml reads it
+
 
 def load_pretrained(path, **kwargs):
   """A released `.pth` or a converted directory, ready to embed points and equations."""

@@ -1,4 +1,4 @@
-"""Job dispatch for `launch.py`: check the config, run the job `config.job` names, exit status.
+"""Job dispatch for `snip-jax` (cli.py): check the config, run the job `config.job` names.
 
 Exit statuses: 0 done; 2 a user mistake (one `error: ...` line on stderr; the traceback only
 with --debug or SNIP_DEBUG=1); 75 preempted by SIGTERM (EX_TEMPFAIL of sysexits.h: not done
@@ -28,11 +28,11 @@ _SIGNAL_EXITS = {signal.SIGINT: (EXIT_INTERRUPTED, "interrupted (SIGINT)"),
 _EXITING = threading.Lock()  # held by the one thread that writes the line and exits
 
 
-# ------------------------------------------------------------------------- launch.py
+# ------------------------------------------------------------------------- the command
 
 
 def main(argv: list[str], config_flag, workdir: str, debug: bool = False) -> int:
-  """launch.py's main: run the job; returns the exit status (user mistakes: one line, 2)."""
+  """The command's main: run the job; returns the exit status (user mistakes: one line, 2)."""
   if not (debug or os.environ.get(DEBUG_ENV) == "1"):
     quiet_library_logs()
   try:
@@ -229,6 +229,11 @@ def _proppred_eval(config, workdir: str) -> int:
 
 _JOBS = {"export": _export, "convert": _convert, "pretrain": _pretrain, "proppred": _proppred,
          "proppred_eval": _proppred_eval}
+
+
+def job_summaries() -> dict[str, str]:
+  """{job name: the first line of what it does}, for the command's help."""
+  return {name: job.__doc__.splitlines()[0] for name, job in _JOBS.items()}
 
 
 def _print_run(job: str, metrics: dict) -> None:

@@ -131,6 +131,7 @@ def bad_config_runs(tmp_path_factory, bad_corpora):
   return {name: (expected, cwds[name], futures[name].result()) for name, _, expected in cases}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BAD_CONFIGS)
 def test_a_mistake_is_one_error_line_status_2_and_leaves_nothing(bad_config_runs, name):
   expected, cwd, (rc, stdout, stderr, seconds) = bad_config_runs[name]
@@ -204,6 +205,7 @@ def signal_runs(tmp_path_factory):
   return {name: (tmp / name / "run", future.result()) for name, future in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in SIGNAL_RUNS if n.startswith("sigint")])
 def test_ctrl_c_at_any_moment_exits_130_with_one_line(signal_runs, name):
   _, (rc, _, stderr, stepped) = signal_runs[name]
@@ -213,6 +215,7 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line(signal_runs, name):
   assert not stepped, "the signal came after the first step: raise the run's size"
 
 
+@pytest.mark.slow
 def test_sigterm_while_compiling_saves_the_first_step_and_exits_75(signal_runs):
   workdir, (rc, stdout, stderr, stepped) = signal_runs["sigterm_compiling"]
   assert rc == jobs.EXIT_PREEMPTED, stderr[-3000:]

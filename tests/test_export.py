@@ -131,6 +131,7 @@ def test_split_dedups_and_keeps_valid_test_out_of_train(tmp_path):
     export.split_corpus(dup, tmp_path / "s2", n_valid=50, n_test=20)
 
 
+@pytest.mark.slow
 def test_launch_runs_the_export_job_and_resumes(tmp_path):
   cmd = [sys.executable, str(ROOT / "launch.py"), "--config=configs/export.py:runlocal",
          f"--workdir={tmp_path}", "--config.export.n_samples=60", "--config.export.n_valid=5",
@@ -150,6 +151,7 @@ def test_launch_runs_the_export_job_and_resumes(tmp_path):
   assert typo.returncode != 0 and "n_sample" in typo.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_between_whole_lines_and_resume_completes(tmp_path):
   work = tmp_path / "work"
   cmd = [sys.executable, str(ROOT / "launch.py"), "--config=configs/export.py:runlocal",

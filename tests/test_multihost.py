@@ -5,12 +5,14 @@ checks the losses against global batches assembled here from the same stream sli
 that the run checkpoints and resumes across processes.
 """
 
+import contextlib
 import json
 import os
 import pathlib
 import socket
 import subprocess
 import sys
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -22,6 +24,8 @@ from snip_jax.data.stream import batch_stream
 from snip_jax.train import trainer
 from snip_jax.train.train_step import BATCH_KEYS, create_train_state, data_mesh, make_train_step
 
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4
 FLAGS = ("--config.model.n_enc_layers=1", "--config.model.n_dec_layers=1",
@@ -31,28 +35,36 @@ FLAGS = ("--config.model.n_enc_layers=1", "--config.model.n_dec_layers=1",
          "--config.train.eval_every_steps=2")
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+@contextlib.contextmanager
+def _reserved_port() -> Iterator[int]:
+  """A free port, kept bound (SO_REUSEPORT, not listening) until the block ends.
+
+  The coordinator's gRPC server binds [::]:port with SO_REUSEPORT too, so it can take the
+  port while other binds and outgoing connections cannot: no window for another process to
+  take it between finding the port and the coordinator binding it.
+  """
+  with socket.socket(socket.AF_INET6) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("::", 0))
+    yield s.getsockname()[1]
 
 
 def _launch_cluster(workdir, num_train_steps):
   """launch.py runlocal as processes 0 and 1 of a 2-process job; returns their outputs."""
-  port = _free_port()
-  processes = []
-  for process_id in range(2):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-           "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-           "JAX_PROCESS_ID": str(process_id)}
-    command = [sys.executable, "launch.py", "--config=configs/pretrain.py:runlocal",
-               f"--workdir={workdir}", *FLAGS,
-               f"--config.train.num_train_steps={num_train_steps}"]
-    processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-  outputs = [p.communicate(timeout=300) for p in processes]
+  with _reserved_port() as port:
+    processes = []
+    for process_id in range(2):
+      env = {**os.environ, "JAX_PLATFORMS": "cpu",
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+             "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+             "JAX_PROCESS_ID": str(process_id)}
+      command = [sys.executable, "launch.py", "--config=configs/pretrain.py:runlocal",
+                 f"--workdir={workdir}", *FLAGS,
+                 f"--config.train.num_train_steps={num_train_steps}"]
+      processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in processes]
   for p, (_, stderr) in zip(processes, outputs):
     assert p.returncode == 0, stderr[-3000:]
   return outputs

@@ -127,21 +127,31 @@ def test_hung_chunk_times_out_and_is_retried(tmp_path):
   with pool_lib.ChunkPool(produce, num_workers=2, end_chunk=6, chunk_timeout_s=2) as pool:
     assert list(pool) == _inline(helpers.sleepy_chunk, 0, 6)
     stats = pool.stats
-  assert time.monotonic() - start < 30
-  assert stats.chunk_timeouts == 1 and stats.worker_restarts == 1 and stats.retries == 1
+  assert time.monotonic() - start < 30  # the hung worker (60 s) was not waited for
+  # The hung chunk times out; a loaded machine may push another chunk past 2 s too.
+  assert stats.chunk_timeouts >= 1
+  assert stats.worker_restarts == stats.retries == stats.chunk_timeouts
+
+
+def _started_ahead(log_dir, consumed, wanted, timeout_s=10.0):
+  """Chunks started beyond `consumed`, once `wanted` of them have started (or after timeout_s)."""
+  deadline = time.monotonic() + timeout_s
+  while len(os.listdir(log_dir)) - consumed < wanted and time.monotonic() < deadline:
+    time.sleep(0.01)
+  time.sleep(0.05)  # time to overshoot, if the bound were not kept
+  return len(os.listdir(log_dir)) - consumed
 
 
 def test_max_pending_bounds_production(tmp_path):
   produce = functools.partial(helpers.record_start, log_dir=str(tmp_path))
-  max_pending = 3
-  ahead = []
-  with pool_lib.ChunkPool(produce, num_workers=2, end_chunk=10, max_pending=max_pending) as pool:
+  max_pending, n = 3, 10
+  with pool_lib.ChunkPool(produce, num_workers=2, end_chunk=n, max_pending=max_pending) as pool:
     for consumed, (chunk, result) in enumerate(pool, start=1):
       assert chunk == result
-      time.sleep(0.15)
-      ahead.append(len(os.listdir(tmp_path)) - consumed)
-  assert max(ahead) == max_pending  # production runs ahead, but no further than allowed
-  assert len(os.listdir(tmp_path)) == 10
+      # While the consumer is busy, production runs ahead as far as allowed, and no further.
+      allowed = min(max_pending, n - consumed)
+      assert _started_ahead(tmp_path, consumed, allowed) == allowed, f"{consumed} consumed"
+  assert len(os.listdir(tmp_path)) == n
 
 
 def test_workers_ignore_sigint():

@@ -88,6 +88,7 @@ def test_convert_round_trip_and_export_back(tmp_path, io, tiny):
     np.testing.assert_array_equal(exported[key], reference[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_command_lines(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   run = lambda *args: subprocess.run([sys.executable, *args], cwd=ROOT, env=env,

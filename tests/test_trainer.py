@@ -1,12 +1,12 @@
 """The pretraining loop end to end: outputs, exact resumption (SIGTERM, SIGKILL, a corrupt
-checkpoint), NaN stop, init_from, and that the runlocal preset learns."""
+checkpoint), which checkpoints are kept, NaN stop, init_from, and that the runlocal preset
+learns."""
 
 import dataclasses
 import json
 import logging
 import os
 import pathlib
-import random
 import shutil
 import signal
 import subprocess
@@ -62,6 +62,12 @@ def _train_losses(workdir):
   return [(r["step"], r["loss"]) for r in _records(workdir) if "loss" in r]
 
 
+def _saved_steps(workdir):
+  """The checkpointed steps in `workdir`, in order."""
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").glob("*")
+                if p.name.isdigit())
+
+
 def _saved_state(workdir, step):
   return ocp.StandardCheckpointer().restore(pathlib.Path(workdir) / "checkpoints" / str(step)
                                             / "state")
@@ -95,13 +101,32 @@ def test_run_writes_checkpoints_metrics_tensorboard_and_plots(full_run):
   assert {pathlib.Path(p).name for p in final["plots"]} >= {"loss.png", "accuracy.png"}
 
 
-def test_resumed_run_follows_the_uninterrupted_trajectory(full_run, tmp_path):
+def _latest_and_best(workdir, keep, metric):
+  """The latest `keep` evaluated steps and the one with the highest `metric` (a unique best)."""
+  evals = {r["step"]: r[metric] for r in _records(workdir) if metric in r}
+  best = max(evals, key=evals.get)
+  assert list(evals.values()).count(evals[best]) == 1, evals
+  return sorted(set(sorted(evals)[-keep:]) | {best})
+
+
+def test_keeps_the_latest_and_the_best_checkpoints_and_resumes_from_the_latest(full_run, tmp_path,
+                                                                               caplog):
+  """Checkpoints and evals every 2 steps, keep 2, best by eval_accuracy_f2y (step 4 at seed 0)."""
   workdir, _ = full_run
-  trainer.train_and_evaluate(_config(num_train_steps=6, checkpoint_every_steps=6,
-                                     eval_every_steps=6), tmp_path)
-  final = trainer.train_and_evaluate(_config(num_train_steps=12, checkpoint_every_steps=6,
-                                             eval_every_steps=6), tmp_path)
+  config = _config(num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=2,
+                   keep_checkpoints=2)
+  metric = config.eval.best_metric
+  trainer.train_and_evaluate(config, tmp_path)
+  expected = _latest_and_best(tmp_path, 2, metric)
+  assert len(expected) == 3, "the best is among the latest two: this run cannot tell"
+  assert _saved_steps(tmp_path) == expected
+  config.train.num_train_steps = 12
+  with caplog.at_level(logging.INFO):
+    final = trainer.train_and_evaluate(config, tmp_path)
+  assert f"resumed from {tmp_path / 'checkpoints'}/8 (next batch 8)" in caplog.text
   assert final["step"] == 12
+  expected = _latest_and_best(tmp_path, 2, metric)
+  assert len(expected) == 3 and _saved_steps(tmp_path) == expected
   _assert_same_run(tmp_path, workdir, 12)
 
 
@@ -149,7 +174,7 @@ def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(tmp_pa
   with pytest.raises(trainer.NonFiniteLossError, match=r"at step (\d+)") as error:
     trainer.train_and_evaluate(config, tmp_path)
   bad_step = int(error.value.args[0].split("at step ")[1].split(";")[0])
-  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  saved = _saved_steps(tmp_path)
   assert saved and max(saved) < bad_step
   for step in saved:
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(_saved_state(tmp_path, step)))
@@ -191,34 +216,6 @@ def _launch(workdir, *flags):
                           stderr=subprocess.PIPE, text=True)
 
 
-def test_sigterm_saves_and_exits_cleanly_then_launch_resumes(tmp_path):
-  process = _launch(tmp_path, "--config.train.num_train_steps=100000",
-                    "--config.train.checkpoint_every_steps=100000",
-                    "--config.train.eval_every_steps=100000")
-  metrics = tmp_path / "metrics.jsonl"
-  deadline = time.time() + 180
-  while not (metrics.exists() and metrics.read_text().strip()):
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    assert time.time() < deadline, "no metrics line within 180 s"
-    time.sleep(0.2)
-  process.send_signal(signal.SIGTERM)
-  stdout, stderr = process.communicate(timeout=60)
-  assert process.returncode == 75, stderr[-3000:]  # EX_TEMPFAIL: preempted, rerun to resume
-  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
-  assert len(saved) == 1 and saved[0] >= 1
-  assert f"pretrain preempted at step {saved[0]}" in stdout
-
-  target = saved[0] + 2
-  process = _launch(tmp_path, f"--config.train.num_train_steps={target}")
-  stdout, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr[-3000:]
-  assert f"resumed from {tmp_path / 'checkpoints'}/{saved[0]}" in stderr
-  assert f"pretrain finished at step {target}" in stdout
-  for what in ("checkpoints:", "metrics:", "tensorboard:", "plots:"):
-    assert what in stdout
-  assert [s for s, _ in _train_losses(tmp_path)] == list(range(1, target + 1))
-
-
 def _logged_steps(metrics):
   """Train steps in metrics.jsonl so far (a half-written last line is ignored)."""
   steps = []
@@ -232,29 +229,50 @@ def _logged_steps(metrics):
   return steps
 
 
-def test_sigkill_at_a_random_step_then_launch_resumes_the_same_run(full_run, tmp_path):
-  workdir, _ = full_run
-  flags = ("--config.train.num_train_steps=12", "--config.train.checkpoint_every_steps=2",
-           "--config.train.eval_every_steps=6")
-  kill_after = random.Random(0).randrange(3, 10)  # a step past the first checkpoint (2)
-  process = _launch(tmp_path, *flags)
-  metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 180
-  while not _logged_steps(metrics) or _logged_steps(metrics)[-1] < kill_after:
+def _wait_until(process, condition, what):
+  """Poll `condition()` until it holds while `process` runs (180 s at most)."""
+  deadline = time.time() + 180
+  while not condition():
     assert process.poll() is None, process.communicate()[1][-3000:]
-    assert time.time() < deadline, f"step {kill_after} not logged within 180 s"
+    assert time.time() < deadline, f"not within 180 s: {what}"
     time.sleep(0.01)
-  process.kill()
-  process.communicate(timeout=30)
-  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
-  assert saved and max(saved) < 12, saved
 
-  process = _launch(tmp_path, *flags)
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_then_launch_resumes_the_uninterrupted_run(full_run, tmp_path):
+  """SIGTERM (exit 75) and SIGKILL early in long runs, then a run to step 12: the same run."""
+  expected, _ = full_run
+  checkpoints, metrics = tmp_path / "checkpoints", tmp_path / "metrics.jsonl"
+  endless = ("--config.train.num_train_steps=1000000", "--config.train.eval_every_steps=1000000")
+  process = _launch(tmp_path, *endless, "--config.train.checkpoint_every_steps=1000000")
+  _wait_until(process, lambda: _logged_steps(metrics), "a train step")
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=60)
+  assert process.returncode == 75, stderr[-3000:]  # EX_TEMPFAIL: preempted, rerun to resume
+  (preempted,) = _saved_steps(tmp_path)
+  assert 1 <= preempted < 12 and _logged_steps(metrics)[-1] == preempted
+  assert f"pretrain preempted at step {preempted}" in stdout
+
+  process = _launch(tmp_path, *endless, "--config.train.checkpoint_every_steps=1")
+  _wait_until(process, lambda: _saved_steps(tmp_path)[-1] > preempted
+              and _logged_steps(metrics)[-1] > _saved_steps(tmp_path)[-1], "a newer checkpoint")
+  process.kill()
+  _, stderr = process.communicate(timeout=30)
+  assert f"resumed from {checkpoints}/{preempted}" in stderr
+  killed = _saved_steps(tmp_path)[-1]
+  assert preempted < killed < 12
+
+  process = _launch(tmp_path, "--config.train.num_train_steps=12")
   stdout, stderr = process.communicate(timeout=120)
   assert process.returncode == 0, stderr[-3000:]
-  assert "resumed from" in stderr and "pretrain finished at step 12" in stdout
-  _assert_same_run(tmp_path, workdir, 12)
+  assert f"resumed from {checkpoints}/{killed}" in stderr
+  assert "pretrain finished at step 12" in stdout
+  for what in ("checkpoints:", "metrics:", "tensorboard:", "plots:"):
+    assert what in stdout
+  _assert_same_run(tmp_path, expected, 12)
 
 
+@pytest.mark.slow
 def test_runlocal_preset_learns_held_out_retrieval_well_above_chance(tmp_path):
   """The README's first command as is (120 steps): held-out retrieval among 64 ends >= 4x chance.
 

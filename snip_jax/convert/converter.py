@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from snip_jax import __version__
 from snip_jax.convert.integrity import CHECKSUMS_KEY, array_checksums, restoring, verify_arrays
 from snip_jax.convert.pth import load_pth
 from snip_jax.convert.pth_writer import save_pth
@@ -72,7 +73,7 @@ def save_converted(out_dir: str | os.PathLike, model_cfg: ModelConfig, env_cfg: 
     checksums.update(array_checksums({module: tree}))
     checkpointer.wait_until_finished()
   config = {"model": model_config_to_json(model_cfg), "env": dataclasses.asdict(env_cfg),
-            "source": dict(source), CHECKSUMS_KEY: checksums}
+            "source": dict(source), "snip_jax_version": __version__, CHECKSUMS_KEY: checksums}
   (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str) + "\n")
   return out_dir
 

@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from absl import logging
 
-from snip_jax import checks
+from snip_jax import __version__, checks
 from snip_jax.data.batching import check_sample
 from snip_jax.data.stream import mapped_stream
 from snip_jax.errors import UserError
@@ -211,6 +211,7 @@ def prepare_workdir(workdir: pathlib.Path, plan: ExportPlan, with_infix: bool) -
   prefix_path = workdir / PREFIX_FILE
   if meta_path.exists():
     previous = json.loads(meta_path.read_text())
+    previous.pop("snip_jax_version", None)  # what wrote it, not the stream: any version resumes
     if previous != plan.as_json():
       changed = sorted(k for k in set(previous) | set(plan.as_json())
                        if previous.get(k) != plan.as_json().get(k))
@@ -221,7 +222,8 @@ def prepare_workdir(workdir: pathlib.Path, plan: ExportPlan, with_infix: bool) -
     raise UserError(f"{prefix_path} exists but {META_FILE} does not: it was not written by this"
                     " exporter, so it cannot be resumed. Use a new workdir.")
   else:
-    meta_path.write_text(json.dumps(plan.as_json(), indent=1) + "\n")
+    meta_path.write_text(json.dumps({**plan.as_json(), "snip_jax_version": __version__},
+                                    indent=1) + "\n")
   done = count_complete_lines(prefix_path, repair=True)
   infix_path = workdir / INFIX_FILE
   if with_infix:

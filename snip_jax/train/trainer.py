@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import json
 import math
+import operator
 import os
 import pathlib
 import queue
@@ -54,7 +55,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from snip_jax import checks
+from snip_jax import __version__, checks
 from snip_jax.convert.converter import (CONFIG_FILE, WORKDIR_CHECKPOINTS, load_converted,
                                        model_config_from_json, model_config_to_json)
 from snip_jax.convert.integrity import (CHECKSUMS_KEY, CorruptCheckpointError, array_checksums,
@@ -178,6 +179,7 @@ def write_run_config(workdir: pathlib.Path, model_cfg: ModelConfig, env_cfg: Env
     return
   record = {"model": model_config_to_json(model_cfg), "env": dataclasses.asdict(env_cfg),
             "source": {"workdir": str(workdir), "job": config.job},
+            "snip_jax_version": __version__,
             "run_config": json.loads(config.to_json_best_effort())}
   (workdir / CONFIG_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n")
 
@@ -442,15 +444,24 @@ def checkpoint_manager(directory: pathlib.Path, keep: int, best_metric: str,
   if best_metric not in eval_metrics:
     raise ValueError(f"eval.best_metric must be one of {tuple(eval_metrics)}, got"
                      f" {best_metric!r}")
+  metric, lower = operator.itemgetter(best_metric), _lower_is_better(best_metric)
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=max(1, keep)),
-      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric],
-                                    reverse=_lower_is_better(best_metric), n=1,
+      ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=lower, n=1,
                                     keep_checkpoints_without_metrics=False)])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+  # best_fn makes Orbax write each step's metrics, so BestN still knows them after a restart;
+  # it then warns on every save without metrics, which steps between evaluations are.
+  logging.get_absl_logger().addFilter(_not_a_missing_metrics_warning)
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=metric,
+                                         best_mode="min" if lower else "max", create=True,
                                          enable_async_checkpointing=True,
                                          cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory, options=options)
+
+
+def _not_a_missing_metrics_warning(record) -> bool:
+  """Drops Orbax's warning for a checkpoint saved without eval metrics (expected here)."""
+  return "did not provide metrics" not in record.getMessage()
 
 
 def _lower_is_better(metric: str) -> bool:
