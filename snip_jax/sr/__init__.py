@@ -1,0 +1,1 @@
+"""Symbolic regression with SNIP: latent-space search around the encoder's latent."""
