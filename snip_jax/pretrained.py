@@ -218,9 +218,9 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, batch_size: i
 
   path = pathlib.Path(path)
   if path.is_dir():
-    model_cfg, env_cfg, params = converter.load_converted(path)
+    model_cfg, env_cfg, params = converter.load_converted(path, kind="snip")
   elif path.exists():
-    model_cfg, env_cfg, params, _ = converter.read_pth(path)
+    model_cfg, env_cfg, params, _ = converter.read_pth(path, kind="snip")
   else:
     raise FileNotFoundError(f"{path} does not exist (expected a .pth file or a converted directory)")
   return Pretrained(model_cfg.replace(dtype=dtype), env_cfg, params, batch_size)

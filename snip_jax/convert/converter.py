@@ -28,7 +28,8 @@ from snip_jax import __version__
 from snip_jax.convert.integrity import CHECKSUMS_KEY, array_checksums, restoring, verify_arrays
 from snip_jax.convert.pth import load_pth
 from snip_jax.convert.pth_writer import save_pth
-from snip_jax.model import ModelConfig, params_from_checkpoint, params_to_state_dicts
+from snip_jax.model import (ModelConfig, check_kind, params_from_checkpoint,
+                            params_to_state_dicts)
 from snip_jax.symbolic.config import EnvConfig, default_env_config
 
 CONFIG_FILE = "config.json"
@@ -78,10 +79,12 @@ def save_converted(out_dir: str | os.PathLike, model_cfg: ModelConfig, env_cfg: 
   return out_dir
 
 
-def load_converted(path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any]:
+def load_converted(path: str | os.PathLike, kind: Optional[str] = None
+                   ) -> tuple[ModelConfig, EnvConfig, Any]:
   """(model config, env config, params) from a converted directory or a training workdir.
 
   A training workdir (launch.py pretrain / proppred) gives the params of its latest checkpoint.
+  kind: the model kind required ("snip" or "sr"; None: either), else a one-line ValueError.
   """
   path = pathlib.Path(path).absolute()
   if not (path / CONFIG_FILE).exists():
@@ -93,6 +96,7 @@ def load_converted(path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any
     params = _converted_params(path, config.get(CHECKSUMS_KEY))
   else:
     params = latest_checkpoint_params(path / WORKDIR_CHECKPOINTS)
+  check_kind(params, kind, str(path))
   return model_config_from_json(config["model"]), default_env_config(**config["env"]), params
 
 
@@ -127,13 +131,18 @@ def latest_checkpoint_params(directory: pathlib.Path) -> Any:
   return params
 
 
-def read_pth(pth_path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any, dict]:
-  """(model config, env config, params, provenance) from an original `.pth` checkpoint."""
+def read_pth(pth_path: str | os.PathLike, kind: Optional[str] = None
+             ) -> tuple[ModelConfig, EnvConfig, Any, dict]:
+  """(model config, env config, params, provenance) from an original `.pth` checkpoint.
+
+  Reads SNIP pretraining and SR checkpoints; the params' module names tell which. kind: the
+  kind required ("snip" or "sr"; None: either), else a one-line ValueError naming both.
+  """
   checkpoint = load_pth(pth_path)
   if not isinstance(checkpoint, Mapping) or "params" not in checkpoint:
     raise ValueError(f"{pth_path} is not a SNIP training checkpoint: it has no 'params' entry")
   original_params = dict(checkpoint["params"])
-  model_cfg, params = params_from_checkpoint(checkpoint)
+  model_cfg, params = params_from_checkpoint(checkpoint, kind, what=str(pth_path))
   env_cfg = env_config_from_params(original_params)
   source = {"pth": str(pth_path), "epoch": checkpoint.get("epoch"),
             "n_total_iter": checkpoint.get("n_total_iter")}
@@ -142,7 +151,7 @@ def read_pth(pth_path: str | os.PathLike) -> tuple[ModelConfig, EnvConfig, Any, 
 
 def convert_pth(pth_path: str | os.PathLike, out_dir: str | os.PathLike,
                 overwrite: bool = False) -> pathlib.Path:
-  """Convert an original SNIP `.pth` into a directory the JAX jobs and `load_pretrained` read."""
+  """Convert an original SNIP or SR `.pth` into a directory the JAX jobs and loaders read."""
   model_cfg, env_cfg, params, source = read_pth(pth_path)
   return save_converted(out_dir, model_cfg, env_cfg, params, source, overwrite)
 

@@ -24,7 +24,7 @@ _PARSER_DEFAULTS = {"latent_dim": 32}
 _MODEL_OPTIONS = ("enc_emb_dim", "dec_emb_dim", "n_enc_layers", "n_dec_layers", "n_enc_heads",
                   "n_dec_heads", "n_enc_hidden_layers", "n_dec_hidden_layers", "emb_emb_dim",
                   "n_emb_layers", "emb_expansion_factor", "latent_dim", "dropout",
-                  "attention_dropout", "share_inout_emb", "clip_temperature")
+                  "attention_dropout", "share_inout_emb", "clip_temperature", "max_src_len")
 
 # Environment options that change the vocabulary (and hence the embedding sizes).
 _VOCAB_ENV_OPTIONS = ("max_input_dimension", "max_output_dimension", "float_precision",
@@ -53,6 +53,8 @@ class ModelConfig:
   attention_dropout: float = 0.0
   share_inout_emb: bool = True
   clip_temperature: float = 1.0
+  # SR model: number of vectors the mapper makes from a latent for the decoder to attend to
+  max_src_len: int = 200
   # environment options the model sizes depend on
   max_input_dimension: int = 1
   max_output_dimension: int = 1
@@ -162,7 +164,8 @@ def _validate(cfg: ModelConfig) -> None:
         " decoder's cross-attention reads z_projection outputs of dec_emb_dim through layers"
         " sized for enc_emb_dim, which the original cannot run either")
   for name in ("n_enc_layers", "n_dec_layers", "n_enc_hidden_layers", "n_dec_hidden_layers",
-               "n_emb_layers", "emb_expansion_factor", "latent_dim", "emb_emb_dim"):
+               "n_emb_layers", "emb_expansion_factor", "latent_dim", "emb_emb_dim",
+               "max_src_len"):
     if getattr(cfg, name) < 1:
       raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
   for name in ("dropout", "attention_dropout"):

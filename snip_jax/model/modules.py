@@ -6,7 +6,8 @@ Inputs are batch-major ([B, slen, ...]); the original is sequence-major.
 
 Intermediates are sown into the `intermediates` collection (apply with
 `mutable=["intermediates"]`): per encoder `layer_outputs` (embedding LN output, then every
-layer), `glob_attn` (pooling weights) and `pooled`; the decoder's `hidden`.
+layer), `glob_attn` (pooling weights) and `pooled`; the decoder's `hidden`; the mapper's
+`linear1_out` (before the ReLU).
 """
 
 from __future__ import annotations
@@ -339,23 +340,56 @@ class TransformerDecoder(_Transformer):
   def __call__(self, x: Array, lengths: Array, latent: Array,
                deterministic: bool = True) -> Array:
     """x [B, slen] ids, lengths [B], latent [B, latent_dim] -> hidden states [B, slen, dim]."""
-    slen = x.shape[1]
-    mask = _length_mask(lengths, slen)
-    causal = jnp.tril(jnp.ones((slen, slen), dtype=bool))[None, None]
-    tensor = self._embed(self.embeddings(x), mask, deterministic)
     kv = self.z_projection(latent.astype(self.cfg.dtype))[:, None, :]
-    kv = jnp.broadcast_to(kv, tensor.shape)
-    for i in range(len(self.attentions)):
-      tensor = self._layer(i, tensor, causal, mask, deterministic, cross_kv=kv)
-    self.sow("intermediates", "hidden", tensor)
+    kv = jnp.broadcast_to(kv, x.shape + (self.dim,))
+    tensor = self._decode(x, lengths, kv, deterministic)
     if self.is_initializing():
       self.glob_attn_module(tensor)
       self.bottleneck_module(tensor[:, 0])
     return tensor
 
+  def _decode(self, x: Array, lengths: Array, kv: Array, deterministic: bool) -> Array:
+    """Causal layers over ids x [B, slen] cross-attending (unmasked) to kv [B, k, dim]."""
+    slen = x.shape[1]
+    mask = _length_mask(lengths, slen)
+    causal = jnp.tril(jnp.ones((slen, slen), dtype=bool))[None, None]
+    tensor = self._embed(self.embeddings(x), mask, deterministic)
+    for i in range(len(self.attentions)):
+      tensor = self._layer(i, tensor, causal, mask, deterministic, cross_kv=kv)
+    self.sow("intermediates", "hidden", tensor)
+    return tensor
+
   def logits(self, hidden: Array) -> Array:
     """Hidden states [..., dim] -> vocabulary logits [..., n_words]."""
     return self.proj(hidden, self.embeddings.embedding)
+
+
+class SRDecoder(TransformerDecoder):
+  """E2E's decoder in the SR model: cross-attends to the mapper's vectors, without a mask.
+
+  It owns no pooling, bottleneck or z_projection (E2E's TransformerModel has none).
+  """
+
+  def __call__(self, x: Array, lengths: Array, src: Array, deterministic: bool = True) -> Array:
+    """x [B, slen] ids, lengths [B], src [B, max_src_len, dim] -> hidden [B, slen, dim]."""
+    return self._decode(x, lengths, src.astype(self.cfg.dtype), deterministic)
+
+
+class Mapper(nn.Module):
+  """SNIP_E2E_MAP: latent -> ReLU(linear1) viewed as [max_src_len, dim] -> linear2 per row."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, latent: Array) -> Array:
+    """latent [B, latent_dim] -> [B, max_src_len, dec_emb_dim]."""
+    cfg = self.cfg
+    dim = cfg.dec_emb_dim
+    x = _dense(cfg.max_src_len * dim, cfg.latent_dim, cfg.dtype, "linear1")(
+        latent.astype(cfg.dtype))
+    self.sow("intermediates", "linear1_out", x)
+    x = nn.relu(x).reshape(x.shape[:-1] + (cfg.max_src_len, dim))
+    return _dense(dim, dim, cfg.dtype, "linear2")(x)
 
 
 class MLPRegressor(nn.Module):
@@ -380,15 +414,33 @@ class MLPClassifier(MLPRegressor):
     return nn.sigmoid(super().__call__(latent))
 
 
-class SNIP(nn.Module):
+class _PointModel(nn.Module):
+  """Base of the models whose `embedder` and `encoder_y` turn points into latents."""
+
+  cfg: ModelConfig
+
+  def embed_points(self, points: Array) -> Array:
+    """Point tokens [B, slen, T] -> embedder output [B, slen, enc_emb_dim] (float32)."""
+    return self.embedder(points).astype(jnp.float32)
+
+  def encode_points(self, points: Array, n_points: Array, deterministic: bool = True) -> Array:
+    """Point tokens [B, slen, T], counts [B] -> z_y [B, latent_dim].
+
+    With pool_over_padding (the original's behaviour) the pooling softmax covers all slen
+    positions, so z_y depends on slen: the original's slen is the most points in the batch,
+    `collate` pads to max_len.
+    """
+    embedded = self.embedder(points)
+    return self.encoder_y(embedded, n_points, deterministic).astype(jnp.float32)
+
+
+class SNIP(_PointModel):
   """The six original modules: embedder, encoder_y, encoder_f, decoder, regressor, classifier.
 
   Calling the model returns the CLIP latents (z_y of the points, z_f of the equations);
   `init` also creates the decoder and head parameters, so the tree mirrors a checkpoint.
   Public outputs are float32 whatever the compute dtype.
   """
-
-  cfg: ModelConfig
 
   def setup(self):
     cfg = self.cfg
@@ -409,20 +461,6 @@ class SNIP(nn.Module):
       self.regress(z_f)
       self.classify(z_f)
     return z_y, z_f
-
-  def embed_points(self, points: Array) -> Array:
-    """Point tokens [B, slen, T] -> embedder output [B, slen, enc_emb_dim] (float32)."""
-    return self.embedder(points).astype(jnp.float32)
-
-  def encode_points(self, points: Array, n_points: Array, deterministic: bool = True) -> Array:
-    """Point tokens [B, slen, T], counts [B] -> z_y [B, latent_dim].
-
-    With pool_over_padding (the original's behaviour) the pooling softmax covers all slen
-    positions, so z_y depends on slen: the original's slen is the most points in the batch,
-    `collate` pads to max_len.
-    """
-    embedded = self.embedder(points)
-    return self.encoder_y(embedded, n_points, deterministic).astype(jnp.float32)
 
   def encode_equations(self, equations: Array, equation_lengths: Array,
                        deterministic: bool = True) -> Array:
@@ -454,6 +492,38 @@ class SNIP(nn.Module):
     return self.regress(z_f)[:, 0], z_f
 
 
+class SNIPSR(_PointModel):
+  """The SR model: embedder and encoder_y (SNIP's), mapper, and E2E's decoder.
+
+  Calling it gives the teacher-forced decoder logits [B, slen, n_words] of the equations
+  (`x2` of the original: `<EOS>`, tokens, `<EOS>`, filler) given the points; position p
+  predicts token p + 1. Public outputs are float32 whatever the compute dtype.
+  """
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedder = LinearPointEmbedder(cfg)
+    self.encoder_y = TransformerEncoder(cfg, with_embeddings=False)
+    self.decoder = SRDecoder(cfg)
+    self.mapper = Mapper(cfg)
+
+  def __call__(self, points: Array, n_points: Array, equations: Array, equation_lengths: Array,
+               deterministic: bool = True) -> Array:
+    """Batch arrays (as `collate` makes them) -> teacher-forced logits [B, slen, n_words]."""
+    z_y = self.encode_points(points, n_points, deterministic)
+    return self.decode(self.map_latent(z_y), equations, equation_lengths, deterministic)
+
+  def map_latent(self, latent: Array) -> Array:
+    """Latents [B, latent_dim] -> the decoder's source vectors [B, max_src_len, dim]."""
+    return self.mapper(latent).astype(jnp.float32)
+
+  def decode(self, src: Array, equations: Array, equation_lengths: Array,
+             deterministic: bool = True) -> Array:
+    """Mapper output [B, max_src_len, dim], ids [B, slen], lengths [B] -> logits (float32)."""
+    hidden = self.decoder(equations, equation_lengths, src, deterministic)
+    return self.decoder.logits(hidden).astype(jnp.float32)
+
+
 def dummy_inputs(cfg: ModelConfig, batch_size: int = 1) -> tuple[Array, ...]:
   """Smallest valid inputs for `SNIP.init`: one point and a two-token equation per sample."""
   points = jnp.full((batch_size, 1, cfg.tokens_per_point), cfg.float_pad_id, jnp.int32)
@@ -462,7 +532,7 @@ def dummy_inputs(cfg: ModelConfig, batch_size: int = 1) -> tuple[Array, ...]:
           jnp.full((batch_size,), 2, jnp.int32))
 
 
-def init_params(model: SNIP, rng: Array) -> dict:
+def init_params(model: SNIP | SNIPSR, rng: Array) -> dict:
   """Freshly initialised parameters of every module (the `params` collection)."""
   return model.init(rng, *dummy_inputs(model.cfg))["params"]
 

@@ -1,4 +1,4 @@
-"""Original SNIP state_dicts <-> Flax params of `SNIP`, one tensor to one array.
+"""Original SNIP state_dicts <-> Flax params of `SNIP` or `SNIPSR`, one tensor to one array.
 
 The mapping is explicit and derived from the config, so every key and shape is checked:
 torch Linear weights are [out, in] and become Flax kernels [in, out]; LayerNorm
@@ -6,18 +6,25 @@ weight -> scale; Embedding weight -> embedding; list index `attentions.3` -> `at
 `glob_attn_module.0` (a Sequential's Linear) -> `glob_attn_module`. The decoder's output
 projection shares its weight with `embeddings.weight` (share_inout_emb): the state_dict has
 both keys, the params tree only the embedding table and `proj/bias`.
+
+Two kinds of checkpoint: "snip" (pretraining: MODULE_NAMES) and "sr" (symbolic regression:
+SR_MODULE_NAMES, whose decoder is E2E's, without pooling, bottleneck or z_projection, plus the
+mapper). The kind of a checkpoint or params tree follows from its module names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
 from snip_jax.model.config import HEAD_HIDDEN_DIM, N_MAX_POSITIONS, ModelConfig
 
 MODULE_NAMES = ("embedder", "encoder_y", "encoder_f", "decoder", "regressor", "classifier")
+SR_MODULE_NAMES = ("embedder", "encoder_y", "decoder", "mapper")
+_KIND_MODULES = {"snip": MODULE_NAMES, "sr": SR_MODULE_NAMES}
+_KIND_NAMES = {"snip": "SNIP pretraining", "sr": "SNIP symbolic-regression (SR)"}
 _DATA_PARALLEL_PREFIX = "module."
 
 
@@ -72,9 +79,12 @@ def _indexed(name: str, n: int) -> Iterator[tuple[str, tuple]]:
     yield f"{name}.{i}", (f"{name}_{i}",)
 
 
-def _transformer_entries(cfg: ModelConfig, decoder: bool, with_embeddings: bool
-                         ) -> Iterator[_Entry]:
-  """A TransformerModel's tensors, in the original's registration (state_dict) order."""
+def _transformer_entries(cfg: ModelConfig, decoder: bool, with_embeddings: bool,
+                         latent_heads: bool = True) -> Iterator[_Entry]:
+  """A TransformerModel's tensors, in the original's registration (state_dict) order.
+
+  latent_heads: SNIP's pooling, bottleneck and z_projection (absent from E2E's decoder).
+  """
   dim = cfg.dec_emb_dim if decoder else cfg.enc_emb_dim
   n_layers = cfg.n_dec_layers if decoder else cfg.n_enc_layers
   n_hidden = cfg.n_dec_hidden_layers if decoder else cfg.n_enc_hidden_layers
@@ -104,6 +114,8 @@ def _transformer_entries(cfg: ModelConfig, decoder: bool, with_embeddings: bool
       yield _Entry("proj.bias", (cfg.n_words,), ("proj", "bias"))
     else:
       yield from _linear("proj", ("proj",), cfg.n_words, dim)
+  if not latent_heads:
+    return
   yield from _linear("glob_attn_module.0", ("glob_attn_module",), 1, dim)
   yield from _linear("bottleneck_module.fc1", ("bottleneck_module", "fc1"), cfg.latent_dim, dim)
   yield from _linear("z_projection", ("z_projection",), dim, cfg.latent_dim)
@@ -115,11 +127,46 @@ def _head_entries(cfg: ModelConfig) -> Iterator[_Entry]:
   yield from _linear("fc2", ("fc2",), 1, HEAD_HIDDEN_DIM)
 
 
-def expected_entries(cfg: ModelConfig) -> dict[str, list[_Entry]]:
-  """Per module, the original state_dict's tensors in its key order."""
-  return {
+def _mapper_entries(cfg: ModelConfig) -> Iterator[_Entry]:
+  """SNIP_E2E_MAP's tensors."""
+  dim = cfg.dec_emb_dim
+  yield from _linear("linear1", ("linear1",), cfg.max_src_len * dim, cfg.latent_dim)
+  yield from _linear("linear2", ("linear2",), dim, dim)
+
+
+def model_kind(module_names: Iterable[str]) -> str:
+  """The kind of a model with these modules: "sr" if they include the mapper, else "snip"."""
+  return "sr" if "mapper" in module_names else "snip"
+
+
+def describe_kind(kind: str) -> str:
+  """E.g. 'SNIP symbolic-regression (SR) checkpoint (embedder, encoder_y, decoder, mapper)'."""
+  return f"{_KIND_NAMES[kind]} checkpoint ({', '.join(_KIND_MODULES[kind])})"
+
+
+def check_kind(module_names: Iterable[str], expected: Optional[str], what: str) -> str:
+  """The kind of `module_names`; a one-line ValueError if it is not `expected` (None: any)."""
+  kind = model_kind(module_names)
+  if expected is not None and kind != expected:
+    raise ValueError(f"{what} is a {describe_kind(kind)}; expected a {describe_kind(expected)}")
+  return kind
+
+
+def expected_entries(cfg: ModelConfig, kind: str = "snip") -> dict[str, list[_Entry]]:
+  """Per module of a `kind` ("snip" or "sr") model, the state_dict's tensors in key order."""
+  points = {
       "embedder": list(_embedder_entries(cfg)),
       "encoder_y": list(_transformer_entries(cfg, decoder=False, with_embeddings=False)),
+  }
+  if kind == "sr":
+    return {
+        **points,
+        "decoder": list(_transformer_entries(cfg, decoder=True, with_embeddings=True,
+                                             latent_heads=False)),
+        "mapper": list(_mapper_entries(cfg)),
+    }
+  return {
+      **points,
       "encoder_f": list(_transformer_entries(cfg, decoder=False, with_embeddings=True)),
       "decoder": list(_transformer_entries(cfg, decoder=True, with_embeddings=True)),
       "regressor": list(_head_entries(cfg)),
@@ -127,9 +174,10 @@ def expected_entries(cfg: ModelConfig) -> dict[str, list[_Entry]]:
   }
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, dict[str, tuple]]:
+def expected_shapes(cfg: ModelConfig, kind: str = "snip") -> dict[str, dict[str, tuple]]:
   """Per module, {state_dict key: torch shape}, in the original's key order."""
-  return {m: {e.key: e.shape for e in entries} for m, entries in expected_entries(cfg).items()}
+  return {m: {e.key: e.shape for e in entries}
+          for m, entries in expected_entries(cfg, kind).items()}
 
 
 def _strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,18 +215,19 @@ def _raise_if(errors: list[str], what: str) -> None:
     raise ValueError(f"{what}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
 
 
-def state_dicts_to_params(state_dicts: Mapping[str, Mapping[str, Any]],
-                          cfg: ModelConfig) -> dict:
-  """Original per-module state_dicts (arrays) -> the `params` tree of `SNIP(cfg)`.
+def state_dicts_to_params(state_dicts: Mapping[str, Mapping[str, Any]], cfg: ModelConfig,
+                          kind: Optional[str] = None) -> dict:
+  """Original per-module state_dicts (arrays) -> the `params` tree of `SNIP(cfg)`/`SNIPSR(cfg)`.
 
-  Keys may carry DataParallel's `module.` prefix. Raises ValueError naming every missing,
-  unexpected or mis-shaped tensor. Leaves are float32 numpy arrays (place them with
-  `jax.device_put`).
+  kind: "snip" or "sr"; None takes it from the module names. Keys may carry DataParallel's
+  `module.` prefix. Raises ValueError naming every missing, unexpected or mis-shaped tensor.
+  Leaves are float32 numpy arrays (place them with `jax.device_put`).
   """
-  errors = [f"unexpected module {m!r} (expected {', '.join(MODULE_NAMES)})"
-            for m in state_dicts if m not in MODULE_NAMES]
+  kind = kind or model_kind(state_dicts)
+  errors = [f"unexpected module {m!r} (expected {', '.join(_KIND_MODULES[kind])})"
+            for m in state_dicts if m not in _KIND_MODULES[kind]]
   params: dict = {}
-  for module, entries in expected_entries(cfg).items():
+  for module, entries in expected_entries(cfg, kind).items():
     if module not in state_dicts:
       errors.append(f"missing module {module!r}")
       continue
@@ -206,18 +255,20 @@ def state_dicts_to_params(state_dicts: Mapping[str, Mapping[str, Any]],
   return params
 
 
-def params_to_state_dicts(params: Mapping[str, Any], cfg: ModelConfig
-                          ) -> dict[str, dict[str, np.ndarray]]:
-  """The `params` tree of `SNIP(cfg)` -> original per-module state_dicts of numpy arrays.
+def params_to_state_dicts(params: Mapping[str, Any], cfg: ModelConfig,
+                          kind: Optional[str] = None) -> dict[str, dict[str, np.ndarray]]:
+  """The `params` tree of `SNIP(cfg)`/`SNIPSR(cfg)` -> original per-module state_dicts.
 
-  Keys are in the original's order; with share_inout_emb the decoder's `proj.weight` is the
-  same array as its `embeddings.weight`. Accepts the bare tree or {"params": tree}.
+  kind: "snip" or "sr"; None takes it from the module names. Keys are in the original's order;
+  with share_inout_emb the decoder's `proj.weight` is the same array as its
+  `embeddings.weight`. Accepts the bare tree or {"params": tree}.
   """
   if set(params) == {"params"}:
     params = params["params"]
+  kind = kind or model_kind(params)
   errors = []
   state_dicts = {}
-  for module, entries in expected_entries(cfg).items():
+  for module, entries in expected_entries(cfg, kind).items():
     if module not in params:
       errors.append(f"missing module {module!r}")
       continue
@@ -239,17 +290,24 @@ def params_to_state_dicts(params: Mapping[str, Any], cfg: ModelConfig
     errors += [f"{module}: unexpected param {'/'.join(p)}" for p in _leaf_paths(tree)
                if p not in used]
     state_dicts[module] = state_dict
-  errors += [f"unexpected module {m!r}" for m in params if m not in MODULE_NAMES]
+  errors += [f"unexpected module {m!r}" for m in params if m not in _KIND_MODULES[kind]]
   _raise_if(errors, "params do not match the model config")
   return state_dicts
 
 
-def params_from_checkpoint(checkpoint: Mapping[str, Any], **cfg_overrides
-                           ) -> tuple[ModelConfig, dict]:
-  """An original checkpoint (its `params` and module state_dicts) -> (config, params)."""
-  missing = [k for k in ("params",) + MODULE_NAMES if k not in checkpoint]
+def params_from_checkpoint(checkpoint: Mapping[str, Any], kind: Optional[str] = None,
+                           what: str = "checkpoint", **cfg_overrides) -> tuple[ModelConfig, dict]:
+  """An original checkpoint (its `params` and module state_dicts) -> (config, params).
+
+  kind: the kind required ("snip" or "sr"), None for either; the params tree's module names
+  tell which it was. A checkpoint of the other kind raises a one-line ValueError naming
+  `what` (e.g. the file).
+  """
+  kind = check_kind(checkpoint, kind, what)
+  names = _KIND_MODULES[kind]
+  missing = [k for k in ("params",) + names if k not in checkpoint]
   if missing:
-    raise ValueError(f"checkpoint lacks {', '.join(missing)}: expected a file written by the"
+    raise ValueError(f"{what} lacks {', '.join(missing)}: expected a file written by the"
                      " original Trainer.save_checkpoint")
   cfg = ModelConfig.from_params(checkpoint["params"], **cfg_overrides)
-  return cfg, state_dicts_to_params({m: checkpoint[m] for m in MODULE_NAMES}, cfg)
+  return cfg, state_dicts_to_params({m: checkpoint[m] for m in names}, cfg, kind)
