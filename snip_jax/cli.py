@@ -10,6 +10,7 @@ and its `get_config(ARG)`; a value with a `/` or ending in `.py` is a config fil
 """
 
 import ast
+import os
 import pathlib
 import sys
 
@@ -50,7 +51,10 @@ _CONFIG_FLAG.parser = _PresetOrFileParser(_CONFIG_FLAG.parser)  # DEFINE_config_
 def main() -> None:
   """The console script: print --help, or run the job of sys.argv and exit with its status."""
   if any(arg in _HELP_FLAGS for arg in sys.argv[1:]):
-    print(usage())
+    try:
+      print(usage(), flush=True)
+    except BrokenPipeError:  # `snip-jax --help | head`: the reader left early, not an error
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return
   jobs.exit_on_signals()
   app.run(_run, flags_parser=jobs.parse_flags)
