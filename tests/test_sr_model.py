@@ -113,9 +113,12 @@ def test_latents_and_mapper_match_original(tiny_sr):
   _assert_close("mapper_out", src, io["mapper_out"])
 
 
-def _predicted_rows(logits, io):
-  """The original's predicted rows of seq-first logits: position-major where p < len2 - 1."""
-  return _seq_major(logits)[:-1][io["decoder_pred_mask"][:-1]]
+def _assert_logits_match(logits, io):
+  """The original's predicted rows (position-major where p < len2 - 1): the fixture's column
+  subset of every row, and every row's logsumexp over the whole vocabulary."""
+  rows = np.asarray(_seq_major(logits)[:-1][io["decoder_pred_mask"][:-1]])
+  _assert_close("decoder_logits", rows[:, io["logit_columns"]], io["decoder_logits"])
+  _assert_close("decoder_logsumexp", jax.nn.logsumexp(rows, axis=-1), io["decoder_logsumexp"])
 
 
 def test_teacher_forced_decoder_matches_original(tiny_sr):
@@ -127,7 +130,7 @@ def test_teacher_forced_decoder_matches_original(tiny_sr):
                 io["decoder_hidden"])
   targets = io["x2"][1:][io["decoder_pred_mask"][:-1]]
   np.testing.assert_array_equal(targets, io["decoder_targets"])
-  _assert_close("decoder_logits", _predicted_rows(logits, io), io["decoder_logits"])
+  _assert_logits_match(logits, io)
   _assert_close("decoder_loss", decoder_loss(logits, equations, lengths), io["decoder_loss"])
 
 
@@ -135,7 +138,7 @@ def test_points_to_logits_in_one_call_match_original(tiny_sr):
   model, variables, io = tiny_sr
   logits = model.apply(variables, io["embedder_tokens"].transpose(1, 0, 2), io["len1"],
                        io["x2"].T, io["len2"])
-  _assert_close("decoder_logits", _predicted_rows(logits, io), io["decoder_logits"])
+  _assert_logits_match(logits, io)
 
 
 def test_converted_sr_directory_round_trips(tiny_sr, tmp_path):
