@@ -2,7 +2,7 @@
 
   python bench/generator.py [--seconds 20] [--workers 2] [--batch_size 64]
 
-Prints samples/s for d=1 and d=10, single process and with a worker pool, and the ratio to
+Prints samples/s for d=1 and d=10, single process and with Grain worker processes, and the ratio to
 the original generator's single-process figures measured on the same machine
 (tests/fixtures/snip_original/generator_samples_meta.json).
 """
@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from snip_jax.data.batching import collate  # pylint: disable=g-import-not-at-top
-from snip_jax.data.stream import batch_stream
+from snip_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 from snip_jax.symbolic import build_vocab, default_env_config, generate_sample
 
 META = (pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "snip_original"
@@ -42,15 +42,15 @@ def single_process(cfg, seconds, batch_size):
 
 def pooled(cfg, seconds, batch_size, workers):
   """Collated batches from `workers` processes, measured after the first batch arrives."""
-  stream = batch_stream(cfg, seed=0, batch_size=batch_size, num_workers=workers)
-  next(stream)
-  n, start = 0, time.perf_counter()
-  for chunk in stream:
-    n += chunk.payload["points"].shape[0]
-    if time.perf_counter() - start >= seconds:
-      break
-  rate = n / (time.perf_counter() - start)
-  stream.close()
+  ds = pipeline.generated_batches(cfg, seed=0, batch_size=batch_size)
+  with pipeline.iterate(ds, num_workers=workers) as batches:
+    next(batches)
+    n, start = 0, time.perf_counter()
+    for batch in batches:
+      n += batch["points"].shape[0]
+      if time.perf_counter() - start >= seconds:
+        break
+    rate = n / (time.perf_counter() - start)
   return rate
 
 

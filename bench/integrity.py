@@ -32,9 +32,10 @@ from snip_jax.convert.converter import read_pth
 from snip_jax.convert.integrity import array_checksums, verify_arrays
 from snip_jax.convert.pth import load_pth
 from snip_jax.convert.pth_writer import save_pth
-from snip_jax.data.export import env_config_from
 from snip_jax.model import SNIP, init_params
-from snip_jax.train import trainer
+from snip_jax.symbolic.config import env_config_from
+from snip_jax.tasks import clip
+from snip_jax.train import checkpoints, trainer
 from snip_jax.train.train_step import create_train_state, data_mesh
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -98,13 +99,14 @@ def checksum_row(name: str, tree, repeats: int, save_s: str = "") -> str:
 
 
 def save_seconds(state, repeats: int) -> float:
-  """The blocking part of trainer.save_checkpoint (checksums included), best of `repeats`."""
+  """The blocking part of checkpoints.save_checkpoint (checksums included), best of `repeats`."""
   with tempfile.TemporaryDirectory() as directory:
-    manager = trainer.checkpoint_manager(pathlib.Path(directory), 1, "eval_loss")
+    manager = checkpoints.checkpoint_manager(pathlib.Path(directory), 1, "eval_loss",
+                                           clip.EVAL_METRICS)
     times = []
     for step in range(repeats):
       start = time.perf_counter()
-      trainer.save_checkpoint(manager, state.replace(step=state.step + step), {}, None)
+      checkpoints.save_checkpoint(manager, state.replace(step=state.step + step), {}, None)
       times.append(time.perf_counter() - start)
       manager.wait_until_finished()
     manager.close()

@@ -22,7 +22,8 @@ def model_config_dict(**overrides) -> ml_collections.ConfigDict:
                 n_enc_heads=16, n_dec_heads=16, n_enc_hidden_layers=1, n_dec_hidden_layers=1,
                 emb_emb_dim=64, n_emb_layers=1, emb_expansion_factor=1, latent_dim=512,
                 dropout=0.0, attention_dropout=0.0, share_inout_emb=True, clip_temperature=1.0,
-                pool_over_padding=True)
+                pool_over_padding=True,
+                attention="auto")  # (ours) "kernel" / "dot_product"; auto: kernel on CPU only
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -75,6 +76,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.train.trainable = ("embedder", "encoder_y", "encoder_f")  # the original's CLIP step
   config.train.num_workers = 8  # generator processes (0: generate in the training process)
   config.train.prefetch_batches = 2  # batches kept ready on the devices
+  # "disallow": any device-to-host transfer in the steps between log steps is an error
+  config.train.transfer_guard = "allow"
   config.train.learnable_temperature = False  # (ours) train log(T) instead of a fixed T
   config.train.normalize_latents = False  # (ours) L2-normalise latents before the logits
   config.train.compute_dtype = "float32"  # (ours) "bfloat16": compute in bf16, params f32
@@ -89,7 +92,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.data.jsonl_path = ""  # data.prefix (.gz) for source "jsonl"
   config.data.tfds_dir = ""  # build_tfds_corpus output for source "tfds"
   config.data.tfds_split = "train"
-  config.data.shuffle_buffer = 10_000  # jsonl only
+  config.data.shuffle = True  # corpora (jsonl, tfds): a new order every epoch, from (seed, epoch)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.n_samples = 1024  # held-out generated set; retrieval among all of them

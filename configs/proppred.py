@@ -17,8 +17,12 @@ a converted SNIP checkpoint or a pretraining workdir of ours; its encoder_f is l
 import ml_collections
 
 from snip_jax.configs import pretrain
-from snip_jax.symbolic.config import PROPERTY_TYPES
-from snip_jax.tasks.proppred import VARIANTS
+from snip_jax.configs.export import PROPERTY_TYPES
+
+# variant -> the modules it trains (snip_jax.tasks.proppred.VARIANTS; tests/test_presets.py
+# checks that they agree, so this file needs no jax).
+VARIANTS = {"supervised": ("encoder_f", "regressor"), "frozen": ("regressor",),
+            "finetuned": ("encoder_f", "regressor")}
 
 
 def _parse(arg: str) -> tuple[str, str, bool]:

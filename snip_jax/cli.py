@@ -6,7 +6,9 @@
 
 `--config=NAME:ARG` names a bundled preset (snip_jax.configs.NAME, the checkout's configs/NAME.py)
 and its `get_config(ARG)`; a value with a `/` or ending in `.py` is a config file of yours.
-`--help` lists the presets and jobs. Exit statuses: see snip_jax/jobs.py.
+`--help` lists the presets and jobs. Exit statuses: see snip_jax/jobs.py. Logs: this project's
+lines and everyone's warnings; `--verbosity=1` (`-v 1`) adds everyone's INFO lines (Orbax, jax),
+`--verbosity=2` everyone's DEBUG lines (see jobs.set_log_levels).
 """
 
 import ast
@@ -21,6 +23,8 @@ from snip_jax import configs as presets
 from snip_jax import jobs
 
 _HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
+_VERBOSITY_HELP = ("1: third-party INFO logs too (Orbax, jax), 2: DEBUG logs too; 0 (default):"
+                   " ours and warnings")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A bundled preset NAME[:ARG] (see --help) or a config file path[:ARG].",
@@ -86,8 +90,10 @@ def usage() -> str:
   preset_lines = [f"  {name:10s}{_preset_summary(name)}" for name in preset_names()]
   job_lines = [f"  {name:15s}{summary}" for name, summary in jobs.job_summaries().items()]
   flag_lines = [f"  --{name:10s}{flags.FLAGS[name].help}" for name in ("workdir", "debug")]
+  flag_lines.append(f"  --{'verbosity':10s}{_VERBOSITY_HELP}")
   return "\n".join([
-      "usage: snip-jax --config=NAME[:ARG] --workdir=DIR [--config.FIELD=VALUE ...] [--debug]",
+      "usage: snip-jax --config=NAME[:ARG] --workdir=DIR [--config.FIELD=VALUE ...] [--debug]"
+      " [--verbosity=1]",
       "  (the same as python -m snip_jax, and python launch.py in a checkout)", "",
       "presets (--config=NAME:ARG; or --config=path/to/your_config.py:ARG):", *preset_lines, "",
       "jobs (each preset sets config.job; --config.job=NAME picks another):", *job_lines, "",

@@ -1,7 +1,8 @@
 """Job dispatch for `snip-jax` (cli.py): check the config, run the job `config.job` names.
 
-Exit statuses: 0 done; 2 a user mistake (one `error: ...` line on stderr; the traceback only
-with --debug or SNIP_DEBUG=1); 75 preempted by SIGTERM (EX_TEMPFAIL of sysexits.h: not done
+Exit statuses: 0 done; 1 the input pipeline failed (a data worker died: one `error:` line
+naming the batch; rerun to resume) or a bug (a traceback); 2 a user mistake (one `error: ...`
+line on stderr; the traceback only with --debug or SNIP_DEBUG=1); 75 preempted by SIGTERM (EX_TEMPFAIL of sysexits.h: not done
 yet, rerun the same command to resume); 130 interrupted by SIGINT (Ctrl-C, 128 + 2).
 Every job validates its config, data sources and workdir before building anything.
 """
@@ -19,6 +20,7 @@ from absl import flags, logging
 from snip_jax import checks
 from snip_jax.errors import UserError
 
+EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75
 EXIT_INTERRUPTED = 130
@@ -33,8 +35,7 @@ _EXITING = threading.Lock()  # held by the one thread that writes the line and e
 
 def main(argv: list[str], config_flag, workdir: str, debug: bool = False) -> int:
   """The command's main: run the job; returns the exit status (user mistakes: one line, 2)."""
-  if not (debug or os.environ.get(DEBUG_ENV) == "1"):
-    quiet_library_logs()
+  set_log_levels(debug)
   try:
     if len(argv) > 1:
       raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
@@ -44,12 +45,12 @@ def main(argv: list[str], config_flag, workdir: str, debug: bool = False) -> int
     return EXIT_INTERRUPTED
   except Exception as error:  # pylint: disable=broad-except
     user_error = _user_error(error)
-    if user_error is None:
+    if user_error is None and not _is_pipeline_failure(error):
       raise
     if debug or os.environ.get(DEBUG_ENV) == "1":
       traceback.print_exc()
-    report_error(str(user_error))
-    return EXIT_USER_ERROR
+    report_error(str(user_error or error))
+    return EXIT_USER_ERROR if user_error is not None else EXIT_FAILED
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -83,11 +84,24 @@ def exit_on_signals() -> None:
                    daemon=True).start()
 
 
+def set_log_levels(debug: bool) -> None:
+  """By default this project's INFO lines and everyone's warnings; more with --verbosity.
+
+  absl's --verbosity is shifted by one: 1 shows everyone's INFO lines (absl's 0), 2 and up
+  everyone's DEBUG lines (absl's 1 and up). --debug (or SNIP_DEBUG=1) shows everyone's INFO.
+  """
+  verbosity = logging.get_verbosity()
+  if verbosity >= 1:
+    logging.set_verbosity(verbosity - 1)
+  if not (debug or os.environ.get(DEBUG_ENV) == "1" or verbosity >= 1):
+    quiet_library_logs()
+
+
 def quiet_library_logs() -> None:
   """Show only this project's INFO lines (progress, where outputs are) and everyone's warnings.
 
   Orbax logs ~20 INFO lines per checkpoint save and jax one per missing backend; they drown
-  the progress lines. --debug (or SNIP_DEBUG=1) keeps them.
+  the progress lines. --verbosity=1, --debug or SNIP_DEBUG=1 keeps them (set_log_levels).
   """
   package_dir = os.path.dirname(os.path.abspath(__file__))
 
@@ -121,6 +135,13 @@ def _user_error(error: Optional[BaseException]) -> Optional[UserError]:
   while error is not None and not isinstance(error, UserError):
     error = error.__cause__
   return error
+
+
+def _is_pipeline_failure(error: BaseException) -> bool:
+  """A failed input pipeline (a data worker died): one line naming the batch, then exit 1."""
+  from snip_jax.data.pipeline import DataPipelineError  # pylint: disable=g-import-not-at-top
+
+  return isinstance(error, DataPipelineError)
 
 
 def _flag_error_message(error: BaseException, argv: list[str]) -> str:
@@ -197,10 +218,10 @@ def _convert(config, workdir: str) -> int:
 
 def _pretrain(config, workdir: str) -> int:
   """CLIP pretraining; 75 if SIGTERM stopped it (after saving a checkpoint)."""
-  from snip_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  from snip_jax.tasks import clip  # pylint: disable=g-import-not-at-top
 
-  trainer.validate_clip_config(config, workdir)
-  metrics = trainer.train_and_evaluate(config, workdir)
+  clip.validate_config(config, workdir)
+  metrics = clip.train_and_evaluate(config, workdir)
   _print_run(config.job, metrics)
   return EXIT_PREEMPTED if metrics["preempted"] else 0
 

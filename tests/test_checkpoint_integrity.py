@@ -20,9 +20,10 @@ import snip_jax
 from snip_jax.convert import converter
 from snip_jax.convert.integrity import (CHECKSUMS_KEY, CorruptCheckpointError, array_checksums,
                                         verify_arrays)
-from snip_jax.data.export import env_config_from
 from snip_jax.model import SNIP, init_params
-from snip_jax.train import trainer
+from snip_jax.symbolic.config import env_config_from
+from snip_jax.tasks import clip
+from snip_jax.train import checkpoints, trainer
 from snip_jax.train.train_step import create_train_state, data_mesh
 from tests.test_trainer import TINY_PTH, _assert_same_run, _config, _saved_state
 
@@ -36,7 +37,7 @@ NOISE = ("Event loop", "Exception ignored")
 def run(tmp_path_factory):
   """A 4-step run with checkpoints at steps 2 and 4."""
   workdir = tmp_path_factory.mktemp("run")
-  trainer.train_and_evaluate(_config(**RUN), workdir)
+  clip.train_and_evaluate(_config(**RUN), workdir)
   return workdir
 
 
@@ -83,16 +84,17 @@ def _edit_meta(step_dir, edit):
 
 
 def _restore_latest_good(workdir):
-  """trainer.restore_latest_good into a state built as train_and_evaluate builds it."""
+  """checkpoints.restore_latest_good into a state built as train_and_evaluate builds it."""
   config = _config(**RUN)
   model_cfg = trainer.model_config(config, env_config_from(config.env))
   optimizer, _ = trainer.make_optimizer(config.optim)
   state = create_train_state(model_cfg, init_params(SNIP(model_cfg), jax.random.key(0)),
                              optimizer, learnable_temperature=config.train.learnable_temperature)
   state = jax.device_put(state, NamedSharding(data_mesh(), P()))
-  manager = trainer.checkpoint_manager(workdir / "checkpoints", 2, config.eval.best_metric)
+  manager = checkpoints.checkpoint_manager(workdir / "checkpoints", 2, config.eval.best_metric,
+                                           clip.EVAL_METRICS)
   try:
-    return trainer.restore_latest_good(manager, state, workdir)
+    return checkpoints.restore_latest_good(manager, state, workdir)
   finally:
     manager.close()
 
@@ -104,7 +106,7 @@ def _warnings(caplog) -> list[str]:
 
 def _set_aside(workdir) -> list[str]:
   """The steps moved to checkpoints_unrestorable/."""
-  return [p.name.split("-")[0] for p in (workdir / trainer.UNRESTORABLE_DIR).iterdir()]
+  return [p.name.split("-")[0] for p in (workdir / checkpoints.UNRESTORABLE_DIR).iterdir()]
 
 
 def test_every_saved_step_records_the_checksums_of_its_arrays(run):
@@ -119,7 +121,7 @@ def test_every_saved_step_records_the_checksums_of_its_arrays(run):
 def test_flipped_bytes_in_the_latest_step_fall_back_to_the_previous_one(run, tmp_path, caplog):
   workdir = _damaged_copy(run, tmp_path, _flip_largest)
   with caplog.at_level(logging.WARNING):
-    final = trainer.train_and_evaluate(_config(**RUN), workdir)
+    final = clip.train_and_evaluate(_config(**RUN), workdir)
   (warning,) = [w for w in _warnings(caplog) if "checkpoint step 4" in w]
   # Here the flips decode to wrong values (caught by the checksums and the NaN check); flips in
   # other places make the restore itself fail. Both fall back the same way.

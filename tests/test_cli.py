@@ -9,17 +9,20 @@ import concurrent.futures
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import grain
 import pytest
 
 from configs import pretrain
 from snip_jax import jobs
-from snip_jax.data import export
-from snip_jax.data.tfds_corpus import jsonl_batches
+from snip_jax.data import corpus, export, pipeline
+from snip_jax.symbolic.config import env_config_from
+from snip_jax.tasks import clip
 from tests.test_pth import Call, G, write_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -66,7 +69,7 @@ BAD_CORPORA = {
 def bad_corpora(tmp_path_factory):
   """{name: (corpus with a bad line BAD_LINE, expected text)} for pretrain runlocal's env."""
   root = tmp_path_factory.mktemp("corpora")
-  env_cfg = export.env_config_from(pretrain.get_config("runlocal").env)
+  env_cfg = env_config_from(pretrain.get_config("runlocal").env)
   good = export.export_corpus(root / "good", env_cfg, n_samples=60, chunk_size=20)
   lines = good.read_text().splitlines()
   return {name: (_corrupt(lines, root / f"{name}.prefix", change), text)
@@ -148,18 +151,24 @@ def test_a_mistake_is_one_error_line_status_2_and_leaves_nothing(bad_config_runs
   assert not stdout
 
 
-def test_bad_corpus_lines_name_file_and_line_as_training_reads_them(bad_corpora):
-  """Corpora over the scan limit are checked line by line by the reader, as batches form."""
-  env_cfg = export.env_config_from(pretrain.get_config("runlocal").env)
+def test_bad_corpus_lines_name_file_and_line_when_training_loads_them(bad_corpora):
+  """Corpora over the scan limit are checked line by line as training loads them (before its
+  first step); raised inside the input pipeline, the error is still the user's (status 2)."""
+  config = pretrain.get_config("runlocal")
+  config.data.source = "jsonl"
+  env_cfg = env_config_from(config.env)
   for path, text in bad_corpora.values():
-    assert export.scan_corpus(path, env_cfg, limit_bytes=0) is None  # too big to pre-scan
-    with pytest.raises(export.CorpusError) as error:
-      for _ in jsonl_batches(path, env_cfg, 8):
-        pass
+    assert corpus.scan_corpus(path, env_cfg, limit_bytes=0) is None  # too big to pre-scan
+    config.data.jsonl_path = str(path)
+    with pytest.raises(corpus.CorpusError) as error:
+      clip.training_batches(config, env_cfg)
     assert str(error.value).startswith(f"{path}:{BAD_LINE}: ") and text in str(error.value)
-    wrapped = RuntimeError("the training data stream failed")  # as the prefetch thread raises
-    wrapped.__cause__ = error.value
-    assert jobs._user_error(wrapped) is error.value  # pylint: disable=protected-access
+    load = lambda _, path=path: pipeline.corpus_samples(path, env_cfg)  # in a reader thread
+    with pytest.raises(Exception) as raised:  # whatever the pipeline raises it as
+      with pipeline.iterate(grain.MapDataset.range(0, 1).map(load)) as batches:
+        next(batches)
+    user_error = jobs._user_error(raised.value)  # pylint: disable=protected-access
+    assert isinstance(user_error, corpus.CorpusError) and str(user_error) == str(error.value)
 
 
 def _signal_run(workdir, signum, after_marker, delay):
@@ -221,3 +230,36 @@ def test_sigterm_while_compiling_saves_the_first_step_and_exits_75(signal_runs):
   assert rc == jobs.EXIT_PREEMPTED, stderr[-3000:]
   assert not stepped and "pretrain preempted at step 1" in stdout, stdout
   assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] == ["1"]
+
+
+# An absl INFO (or DEBUG) line: `I0102 03:04:05.678901 123 source_file.py:42] message`.
+ABSL_INFO_LINE = re.compile(r"^I\d{4} [\d:.]+ +\d+ (?P<source>[^:\s]+):\d+\]")
+OUR_SOURCES = {p.name for p in (REPO / "snip_jax").rglob("*.py")}
+
+
+def _third_party_info_lines(workdir, *args):
+  """The absl INFO/DEBUG lines not from snip_jax of the README's first command, at tiny size.
+
+  The runs share a compilation cache beside `workdir`, so the second one compiles nothing.
+  """
+  workdir.mkdir()
+  env = {**ENV, "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "jax_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  done = subprocess.run([sys.executable, str(REPO / "launch.py"), PRETRAIN,
+                         f"--workdir={workdir / 'run'}", *SMALL,
+                         "--config.train.num_train_steps=2", *args],
+                        cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "pretrain finished at step 2" in done.stdout, done.stdout
+  return [line for line in done.stderr.splitlines()
+          if (m := ABSL_INFO_LINE.match(line)) and m["source"] not in OUR_SOURCES]
+
+
+@pytest.mark.slow
+def test_library_logs_show_only_with_verbosity_1(tmp_path):
+  """By default the command shows its own lines; --verbosity=1 adds Orbax's and jax's."""
+  quiet = _third_party_info_lines(tmp_path / "quiet")
+  verbose = _third_party_info_lines(tmp_path / "verbose", "--verbosity=1")
+  assert not quiet, quiet[:10]
+  assert any("orbax" in line or "checkpoint" in line for line in verbose), verbose[:10]
+  assert len(verbose) < 1000, "--verbosity=1 showed DEBUG lines too (absl's 1)"

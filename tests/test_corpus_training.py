@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -20,12 +21,15 @@ import pytest
 from configs import export as export_configs
 from snip_jax.convert import converter
 from snip_jax.convert.pth import load_pth
-from snip_jax.data import export, tfds_corpus
+from snip_jax.data import export, pipeline, tfds_corpus
 from snip_jax.data.batching import trim_equations
-from snip_jax.data.export import env_config_from
+from snip_jax.data.corpus import read_corpus
 from snip_jax.model import SNIP
 from snip_jax.pretrained import Pretrained, load_pretrained
+from snip_jax.symbolic.config import env_config_from
+from snip_jax.tasks import clip
 from snip_jax.train import trainer
+from snip_jax.train.metrics import METRICS_FILE
 from snip_jax.train.train_step import BATCH_KEYS
 from tests.test_trainer import _assert_same_run, _config, _saved_state, _train_losses
 
@@ -61,7 +65,7 @@ def _corpus_config(source, corpus, num_train_steps, **train):
   config.data.source = source
   config.data.jsonl_path = str(corpus / "split" / "data.prefix.train")
   config.data.tfds_dir = str(corpus / "tfds")
-  config.data.shuffle_buffer = 16
+  config.data.shuffle = True
   return config
 
 
@@ -85,8 +89,8 @@ def _train(config, workdir):
   consumed = []
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(trainer, "make_train_step", _recording(trainer.make_train_step, consumed))
-    trainer.validate_clip_config(config, str(workdir))
-    trainer.train_and_evaluate(config, workdir)
+    clip.validate_config(config, str(workdir))
+    clip.train_and_evaluate(config, workdir)
   return consumed
 
 
@@ -126,13 +130,14 @@ def _reader_batches(config, n):
   env_cfg = env_config_from(config.env)
   bs, seed, data = config.train.batch_size, config.train.seed, config.data
   if data.source == "jsonl":
-    batches = tfds_corpus.jsonl_batches(data.jsonl_path, env_cfg, bs, seed=seed,
-                                        shuffle_buffer=data.shuffle_buffer, num_epochs=None)
+    ds = pipeline.corpus_batches(pipeline.corpus_samples(data.jsonl_path, env_cfg), bs, seed,
+                                 env_cfg=env_cfg, shuffle=data.shuffle)
   else:
     source = tfds_corpus.corpus_source(data.tfds_dir, data.tfds_split, env_cfg)
-    batches = tfds_corpus.corpus_batches(source, bs, seed)
-  return [trim_equations({k: b[k] for k in BATCH_KEYS}, config.train.equation_bucket)
-          for b in itertools.islice(batches, n)]
+    ds = pipeline.corpus_batches(source, bs, seed, shuffle=data.shuffle)
+  with pipeline.iterate(ds, stop=n) as batches:
+    return [trim_equations({k: b[k] for k in BATCH_KEYS}, config.train.equation_bucket)
+            for b in batches]
 
 
 def _assert_batches_equal(got, expected):
@@ -152,6 +157,11 @@ def test_steps_take_the_corpus_readers_batches_and_a_resume_continues_them(sourc
   _assert_batches_equal(runs.resumed_batches, expected[INTERRUPT_AT:])
 
 
+def test_jsonl_and_tfds_sources_give_the_steps_the_same_batches(jsonl_runs, tfds_runs):
+  """The TFDS copy of a data.prefix is shuffled, sharded and batched exactly as the file."""
+  _assert_batches_equal(jsonl_runs.full_batches, tfds_runs.full_batches)
+
+
 @pytest.mark.parametrize("source", SOURCES)
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(source, request):
   runs = request.getfixturevalue(f"{source}_runs")
@@ -164,14 +174,16 @@ def test_load_pretrained_on_a_workdir_embeds_with_its_latest_checkpoint(jsonl_ru
   config, workdir = jsonl_runs.config, jsonl_runs.resumed
   env_cfg = env_config_from(config.env)
   model_cfg = trainer.model_config(config, env_cfg)
-  samples = list(itertools.islice(export.read_corpus(config.data.jsonl_path, env_cfg), BATCH))
+  samples = list(itertools.islice(read_corpus(config.data.jsonl_path, env_cfg), BATCH))
 
   def embeds(model):
     return (model.embed_equations([s.prefix for s in samples]),
             model.embed_points([(s.x, s.y) for s in samples]))
 
   loaded = load_pretrained(workdir, batch_size=BATCH)
-  assert (loaded.model_cfg, loaded.env_cfg) == (model_cfg, env_cfg)
+  learned = math.exp(float(_saved_state(workdir, STEPS)["log_temperature"]))  # runlocal learns T
+  assert (loaded.model_cfg, loaded.env_cfg) == (model_cfg.replace(clip_temperature=learned),
+                                                env_cfg)
   latest, earlier = (embeds(Pretrained(model_cfg, env_cfg, _saved_state(workdir, step)["params"],
                                        BATCH)) for step in (STEPS, INTERRUPT_AT))
   for got, expected, other in zip(embeds(loaded), latest, earlier):
@@ -203,7 +215,7 @@ def test_convert_to_pth_writes_the_workdirs_latest_params(jsonl_runs, tmp_path):
 
 
 def test_plots_command_writes_the_pngs_of_a_workdir(jsonl_runs, tmp_path):
-  shutil.copy(jsonl_runs.full / trainer.METRICS_FILE, tmp_path / trainer.METRICS_FILE)
+  shutil.copy(jsonl_runs.full / METRICS_FILE, tmp_path / METRICS_FILE)
   out = _python("-m", "snip_jax.train.plots", f"--workdir={tmp_path}")
   assert out.returncode == 0, out.stderr
   names = ("loss.png", "accuracy.png", "optimizer.png", "throughput.png")  # no R^2 in CLIP runs
@@ -216,7 +228,7 @@ def test_plots_command_writes_the_pngs_of_a_workdir(jsonl_runs, tmp_path):
 def test_bfloat16_compute_dtype_computes_in_bfloat16_and_keeps_float32_state(
     corpus, jsonl_runs, tmp_path):
   config = _corpus_config("jsonl", corpus, 1, compute_dtype="bfloat16")
-  trainer.train_and_evaluate(config, tmp_path)
+  clip.train_and_evaluate(config, tmp_path)
   (step, loss), = _train_losses(tmp_path)
   reference = dict(_train_losses(jsonl_runs.full))[1]  # float32, same params and batch
   assert step == 1 and loss != reference and loss == pytest.approx(reference, rel=1e-2)

@@ -10,10 +10,10 @@ import pytest
 
 from configs import export as export_configs
 from configs import proppred as proppred_configs
-from snip_jax.data import export
+from snip_jax.data import corpus, export, pipeline
 from snip_jax.data.batching import collate_equations
-from snip_jax.data.export import env_config_from
 from snip_jax.errors import UserError
+from snip_jax.symbolic.config import env_config_from
 from snip_jax.tasks import proppred
 from snip_jax.train import trainer
 
@@ -68,15 +68,16 @@ def test_proppred_trains_on_the_first_n_train_labels_of_the_configured_data(
   proppred.validate_config(config, str(tmp_path))
   env_cfg = env_config_from(config.env)
   task = proppred.proppred_task(config, env_cfg, trainer.model_config(config, env_cfg), None)
-  batches = task.host_batches(0)
 
   train_file = ncr_export / "split" / "data.prefix.train"
-  samples = list(itertools.islice(export.read_corpus(train_file, env_cfg), N_TRAIN))
+  samples = list(itertools.islice(corpus.read_corpus(train_file, env_cfg), N_TRAIN))
   tokens = [s.skeleton_tree_encoded if use_skeleton else s.tree_encoded for s in samples]
   expected = _rows({**collate_equations(tokens, env_cfg),
                     "target_property": np.float32([s.target_property for s in samples])})
-  assert _rows(next(batches)) == expected
-  assert _rows(next(batches)) == expected
+  with pipeline.iterate(task.batches, stop=2) as batches:
+    first, second = batches
+  assert _rows(first) == expected
+  assert _rows(second) == expected
 
 
 def test_proppred_use_skeleton_with_tfds_is_refused(ncr_export, tmp_path):
@@ -86,20 +87,20 @@ def test_proppred_use_skeleton_with_tfds_is_refused(ncr_export, tmp_path):
 
 
 def test_export_dedup_key_skeleton_keeps_the_first_line_of_each_skeleton(ncr_export, tmp_path):
-  for name in (export.PREFIX_FILE, export.META_FILE):  # the finished export, split anew
+  for name in (corpus.PREFIX_FILE, export.META_FILE):  # the finished export, split anew
     shutil.copy(ncr_export / name, tmp_path / name)
   config = _export_config(dedup_key="skeleton")
   export.validate_config(config, str(tmp_path))
   export.run_export(config, str(tmp_path))
 
-  lines = (tmp_path / export.PREFIX_FILE).read_text().splitlines(keepends=True)
+  lines = (tmp_path / corpus.PREFIX_FILE).read_text().splitlines(keepends=True)
   records = [json.loads(line) for line in lines]
   first_of_skeleton = {}
   for line, record in zip(lines, records):
     first_of_skeleton.setdefault(tuple(record["skeleton_tree_encoded"]), line)
   assert len(records) == N_SAMPLES
   assert len(first_of_skeleton) < len({r["tree"] for r in records})  # skeletons do repeat
-  split = {s: (tmp_path / "split" / f"{export.PREFIX_FILE}.{s}").open().readlines()
+  split = {s: (tmp_path / "split" / f"{corpus.PREFIX_FILE}.{s}").open().readlines()
            for s in ("train", "valid", "test")}
   assert len(split["test"]) == N_TEST and not split["valid"]
   assert sorted(split["train"] + split["test"]) == sorted(first_of_skeleton.values())

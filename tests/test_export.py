@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from snip_jax.data import export
+from snip_jax.data import corpus, export
 from snip_jax.data.batching import collate
 from snip_jax.symbolic import default_env_config, parse_prefix
+from snip_jax.symbolic.config import env_config_from
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "snip_original"
 ROOT = pathlib.Path(__file__).parent.parent
@@ -43,10 +44,10 @@ def _original_reader(line):
 def test_original_files_load_and_rewrite_byte_identically(name, dim):
   cfg = default_env_config(max_input_dimension=dim)
   lines = _lines(FIXTURES / name)
-  samples = list(export.read_corpus(FIXTURES / name, cfg))
+  samples = list(corpus.read_corpus(FIXTURES / name, cfg))
   assert len(samples) == len(lines) >= 100
   for line, sample in zip(lines, samples):
-    assert json.dumps(export.sample_to_record(sample, cfg)) + "\n" == line
+    assert json.dumps(corpus.sample_to_record(sample, cfg)) + "\n" == line
     assert sample.x.shape == (200, sample.infos["d_in"])
   if "ncr" in name:
     assert all(s.target_property is not None for s in samples)
@@ -57,15 +58,15 @@ def test_original_files_load_and_rewrite_byte_identically(name, dim):
 def test_our_export_reads_with_the_original_parsing(tmp_path):
   cfg = default_env_config(is_proppred=True, property_type="ncr")
   path = export.export_corpus(tmp_path, cfg, n_samples=40, chunk_size=16)
-  lines, samples = _lines(path), list(export.read_corpus(path, cfg))
+  lines, samples = _lines(path), list(corpus.read_corpus(path, cfg))
   assert len(lines) == len(samples) == 40
   for line, sample in zip(lines, samples):
     x, y, prefix, infos = _original_reader(line)
-    assert set(infos) == set(export.INFO_FIELDS)
+    assert set(infos) == set(corpus.INFO_FIELDS)
     assert parse_prefix(prefix).prefix() == sample.tree.prefix()
     np.testing.assert_array_equal(x, sample.x)
     record = json.loads(line)
-    assert list(record)[:7] == list(export.INFO_FIELDS) and 0.0 <= record["target_property"] <= 1
+    assert list(record)[:7] == list(corpus.INFO_FIELDS) and 0.0 <= record["target_property"] <= 1
 
 
 def test_export_is_deterministic_across_runs_and_worker_counts(tmp_path):
@@ -82,14 +83,14 @@ def test_resume_after_a_torn_write_and_append(tmp_path):
   full = export.export_corpus(tmp_path / "full", cfg, n_samples=90, chunk_size=16, write_infix=True)
   part = tmp_path / "part"
   export.export_corpus(part, cfg, n_samples=37, chunk_size=16, write_infix=True)
-  with open(part / export.PREFIX_FILE, "a") as f:
+  with open(part / corpus.PREFIX_FILE, "a") as f:
     f.write('{"n_input_points": "20')  # killed mid-line
-  with open(part / export.INFIX_FILE, "a") as f:
+  with open(part / corpus.INFIX_FILE, "a") as f:
     f.write("(x_0 add")
   export.export_corpus(part, cfg, n_samples=90, chunk_size=16, write_infix=True)
-  assert (part / export.PREFIX_FILE).read_bytes() == full.read_bytes()
-  assert (part / export.INFIX_FILE).read_bytes() == (full.parent / export.INFIX_FILE).read_bytes()
-  infix_lines = (part / export.INFIX_FILE).read_text().splitlines()
+  assert (part / corpus.PREFIX_FILE).read_bytes() == full.read_bytes()
+  assert (part / corpus.INFIX_FILE).read_bytes() == (full.parent / corpus.INFIX_FILE).read_bytes()
+  infix_lines = (part / corpus.INFIX_FILE).read_text().splitlines()
   assert infix_lines[5] == parse_prefix(json.loads(_lines(full)[5])["tree"]).infix()
 
 
@@ -105,14 +106,14 @@ def test_reload_errors_name_the_line(tmp_path):
   lines = _lines(path)
   bad = tmp_path / "bad.prefix"
   bad.write_text(lines[0] + "{not json\n" + lines[2])
-  with pytest.raises(export.CorpusError, match="bad.prefix:2: cannot read"):
-    list(export.read_corpus(bad, cfg))
+  with pytest.raises(corpus.CorpusError, match="bad.prefix:2: cannot read"):
+    list(corpus.read_corpus(bad, cfg))
   bad.write_text(lines[0] + lines[1].replace('"tree"', '"tre"'))
-  with pytest.raises(export.CorpusError, match="bad.prefix:2: .*missing field 'tree'"):
-    list(export.read_corpus(bad, cfg))
+  with pytest.raises(corpus.CorpusError, match="bad.prefix:2: .*missing field 'tree'"):
+    list(corpus.read_corpus(bad, cfg))
   bad.write_text(lines[0] + lines[1][:50])
-  with pytest.raises(export.CorpusError, match="bad.prefix:2: truncated last line"):
-    list(export.read_corpus(bad, cfg))
+  with pytest.raises(corpus.CorpusError, match="bad.prefix:2: truncated last line"):
+    list(corpus.read_corpus(bad, cfg))
 
 
 def test_split_dedups_and_keeps_valid_test_out_of_train(tmp_path):
@@ -159,7 +160,7 @@ def test_sigterm_stops_between_whole_lines_and_resume_completes(tmp_path):
          "--config.export.n_valid=0", "--config.export.n_test=0", "--config.export.chunk_size=20"]
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-  prefix = work / export.PREFIX_FILE
+  prefix = work / corpus.PREFIX_FILE
   deadline = time.monotonic() + 120
   while not (prefix.exists() and prefix.stat().st_size > 0) and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -169,8 +170,8 @@ def test_sigterm_stops_between_whole_lines_and_resume_completes(tmp_path):
   assert "rerun the same command to resume" in err
   data = prefix.read_bytes()
   assert data.endswith(b"\n") and 0 < data.count(b"\n") < 3000
-  assert data.count(b"\n") == len((work / export.INFIX_FILE).read_text().splitlines())
-  cfg = export.env_config_from(_runlocal_env())
+  assert data.count(b"\n") == len((work / corpus.INFIX_FILE).read_text().splitlines())
+  cfg = env_config_from(_runlocal_env())
   export.export_corpus(work, cfg, n_samples=100, chunk_size=20, write_infix=True)
   reference = export.export_corpus(tmp_path / "ref", cfg, n_samples=100, chunk_size=20,
                                    write_infix=True)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from snip_jax.data.export import env_config_from
-from snip_jax.data.stream import batch_stream
+from snip_jax.data import pipeline
+from snip_jax.symbolic.config import env_config_from
 from snip_jax.train import trainer
 from snip_jax.train.train_step import BATCH_KEYS, create_train_state, data_mesh, make_train_step
 
@@ -92,11 +92,11 @@ def _expected_losses(config, n_steps):
                              optimizer, learnable_temperature=tc.learnable_temperature)
   step = make_train_step(model_cfg, optimizer, mesh, lr_schedule=schedule,
                          learnable_temperature=tc.learnable_temperature)
-  halves = [batch_stream(env_cfg, seed=tc.seed, batch_size=tc.batch_size // 2, end_batch=n_steps,
-                         process_index=p, process_count=2) for p in range(2)]
+  halves = [pipeline.generated_batches(env_cfg, seed=tc.seed, batch_size=tc.batch_size // 2,
+                                       process_index=p, process_count=2) for p in range(2)]
   losses = []
-  for chunks in zip(*halves):
-    batch = {k: np.concatenate([c.payload[k] for c in chunks]) for k in BATCH_KEYS}
+  for k in range(n_steps):
+    batch = {key: np.concatenate([half[k][key] for half in halves]) for key in BATCH_KEYS}
     state, metrics = step(state, batch, step_rng)
     losses.append(float(metrics["loss"]))
   return losses

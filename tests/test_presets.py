@@ -6,10 +6,13 @@ each preset builds is compared, key for key and shape for shape, with the origin
 state_dicts (state_dict_manifest.json), through abstract params (jax.eval_shape: no weights).
 """
 
+import dataclasses
 import functools
 import json
 import operator
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,10 +21,12 @@ import pytest
 from configs import export as export_configs
 from configs import pretrain as pretrain_configs
 from configs import proppred as proppred_configs
-from snip_jax.data.export import env_config_from
 from snip_jax.model import MODULE_NAMES, ModelConfig
 from snip_jax.model.state_dict import expected_entries
+from snip_jax.symbolic import config as symbolic_config
 from snip_jax.symbolic import default_env_config
+from snip_jax.symbolic.config import env_config_from
+from snip_jax.tasks import proppred as proppred_task
 from snip_jax.train import trainer
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "snip_original"
@@ -136,3 +141,49 @@ def test_export_presets_write_the_released_models_data(preset):
   model_cfg = ModelConfig.from_env(env_cfg)
   assert (model_cfg.n_float_words, model_cfg.n_words) == (MANIFEST[release]["n_float_words"],
                                                            MANIFEST[release]["n_equation_words"])
+
+
+def test_config_literals_agree_with_the_library():
+  """The configs hold literals (to need no jax); they must equal what the library defines."""
+  defaults = {f.name: (f.default, type(f.default)) for f in
+              dataclasses.fields(symbolic_config.EnvConfig)}
+  assert {k: (v, type(v)) for k, v in export_configs.ENV_DEFAULTS.items()} == defaults
+  assert export_configs.PROPERTY_TYPES == symbolic_config.PROPERTY_TYPES
+  assert proppred_configs.VARIANTS == proppred_task.VARIANTS
+
+
+def test_model_config_takes_its_vocabulary_from_the_env():
+  for env_cfg in (default_env_config(), default_env_config(max_input_dimension=10)):
+    built = ModelConfig(max_input_dimension=env_cfg.max_input_dimension)
+    assert built == ModelConfig.from_env(env_cfg)
+  assert (ModelConfig().n_float_words, ModelConfig().n_words) == (
+      MANIFEST["d1"]["n_float_words"], MANIFEST["d1"]["n_equation_words"])
+
+
+LEAF_CHECK = """
+import json, sys
+from absl import flags
+from snip_jax import cli
+from snip_jax.configs import convert, export, pretrain, proppred
+proppred_args = [f"{p},{v}{r}" for p in export.PROPERTY_TYPES for v in proppred.VARIANTS
+                 for r in ("", ",runlocal")]
+for module, args in ((convert, [""]), (export, ["d1", "d10", "runlocal", *export.PROPERTY_TYPES]),
+                     (pretrain, ["d1", "d10", "runlocal"]), (proppred, proppred_args)):
+  for arg in args:
+    module.get_config(arg)
+flags.FLAGS(["snip-jax", "--config=proppred:ncr,frozen,runlocal", "--workdir=unused"])
+assert flags.FLAGS.config.train.trainable == ("regressor",)
+print(json.dumps(sorted(sys.modules)))
+"""
+HEAVY_MODULES = ("jax", "jaxlib", "orbax", "flax", "optax", "numpy", "snip_jax.train",
+                 "snip_jax.tasks", "snip_jax.model", "snip_jax.data", "snip_jax.symbolic")
+
+
+def test_presets_and_flag_parsing_import_no_jax(tmp_path):
+  """Every preset, and the command parsing --config, load without jax, Orbax or the library."""
+  done = subprocess.run([sys.executable, "-c", LEAF_CHECK], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=60, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  heavy = [m for m in json.loads(done.stdout)
+           if any(m == h or m.startswith(f"{h}.") for h in HEAVY_MODULES)]
+  assert not heavy, heavy

@@ -16,10 +16,11 @@ import pytest
 from configs import export as export_configs
 from configs import proppred as proppred_configs
 from snip_jax.convert.converter import load_converted
-from snip_jax.data import export
-from snip_jax.data.export import env_config_from, read_corpus
-from snip_jax.data.stream import generate_chunk
+from snip_jax.data import export, pipeline
+from snip_jax.data.corpus import read_corpus
+from snip_jax.data.pipeline import generate_chunk
 from snip_jax.symbolic import generator, properties
+from snip_jax.symbolic.config import env_config_from
 from snip_jax.tasks import proppred
 from snip_jax.train import trainer
 
@@ -125,17 +126,17 @@ def test_label_budget_takes_the_first_n_training_samples(ncr_data):
 def test_property_batches_resume_exactly_and_cover_each_epoch(ncr_data):
   env_cfg = env_config_from(proppred_configs.get_config("ncr,supervised").env)
   data = proppred.load_jsonl_set(ncr_data[0], env_cfg, limit=40)
-  stream = proppred.property_batches(data, 8, seed=3)
-  first = [next(stream) for _ in range(10)]
+  with pipeline.iterate(proppred.property_batches(data, 8, seed=3)) as stream:
+    first = [next(stream) for _ in range(10)]
   epoch = np.concatenate([b["target_property"] for b in first[:5]])
   np.testing.assert_array_equal(np.sort(epoch), np.sort(data.target_property.astype(np.float32)))
-  resumed = proppred.property_batches(data, 8, seed=3, start_batch=7)
-  for expected in first[7:]:
-    got = next(resumed)
-    for key in expected:
-      np.testing.assert_array_equal(got[key], expected[key])
-  halves = [next(proppred.property_batches(data, 8, seed=3, start_batch=7, process_index=p,
-                                           process_count=2)) for p in range(2)]
+  with pipeline.iterate(proppred.property_batches(data, 8, seed=3), start=7) as resumed:
+    for expected in first[7:]:
+      got = next(resumed)
+      for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+  halves = [proppred.property_batches(data, 8, seed=3, process_index=p, process_count=2)[7]
+            for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([h["equations"] for h in halves]),
                                 first[7]["equations"])
 

@@ -1,4 +1,4 @@
-"""data.prefix -> TFDS ArrayRecord -> Grain batches, without TensorFlow."""
+"""data.prefix -> TFDS ArrayRecord -> Grain batches (snip_jax.data.pipeline), without TensorFlow."""
 
 import itertools
 import pathlib
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from snip_jax.data import export
+from snip_jax.data import corpus, export, pipeline
 from snip_jax.data import tfds_corpus as tc
 from snip_jax.data.batching import collate
 from snip_jax.symbolic import default_env_config
@@ -57,6 +57,24 @@ def _assert_batches_equal(a, b):
       np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
+def _read(ds, start=0, stop=None, **iterate):
+  """Batches start..stop (the end of a finite `ds` if None) of a pipeline dataset, as a list."""
+  with pipeline.iterate(ds, start=start, stop=stop, **iterate) as batches:
+    return list(batches)
+
+
+def _array_record_batches(source, batch_size, seed, start=0, stop=None, **kwargs):
+  """pipeline.corpus_batches of an ArrayRecord source, read as training reads it."""
+  return _read(pipeline.corpus_batches(source, batch_size, seed, **kwargs), start, stop,
+               read_threads=8)
+
+
+def _jsonl_batches(path, cfg, batch_size, seed, start=0, stop=None, **kwargs):
+  """pipeline.corpus_batches of a data.prefix read into memory."""
+  return _read(pipeline.corpus_batches(pipeline.corpus_samples(path, cfg), batch_size, seed,
+                                       env_cfg=cfg, **kwargs), start, stop)
+
+
 def _fingerprints(batches):
   """One identity per example: its x values (random floats) plus its equation."""
   return [b["x_values"][i].tobytes() + b["equations"][i].tobytes()
@@ -65,7 +83,7 @@ def _fingerprints(batches):
 
 def test_examples_equal_collate_of_each_reloaded_sample_in_order(plain):
   prefix, data_dir = plain
-  samples = list(export.read_corpus(prefix, CFG))
+  samples = list(corpus.read_corpus(prefix, CFG))
   _assert_rows_match_collate(tc.corpus_source(data_dir, "train", CFG), samples, CFG)
   assert "tensorflow" not in sys.modules
 
@@ -73,7 +91,7 @@ def test_examples_equal_collate_of_each_reloaded_sample_in_order(plain):
 def test_property_splits_equal_collate_and_keep_target_property(prop):
   split_dir, data_dir = prop
   for split in ("train", "valid", "test"):
-    samples = list(export.read_corpus(split_dir / f"data.prefix.{split}", PROP_CFG))
+    samples = list(corpus.read_corpus(split_dir / f"data.prefix.{split}", PROP_CFG))
     source = tc.corpus_source(data_dir, split, PROP_CFG)
     assert source.has_target_property
     _assert_rows_match_collate(source, samples, PROP_CFG)
@@ -83,16 +101,15 @@ def test_property_splits_equal_collate_and_keep_target_property(prop):
 def test_batches_have_exactly_the_collate_shapes_and_dtypes(which, cfg, request):
   prefix, data_dir = request.getfixturevalue(which)
   path = prefix if which == "plain" else prefix / "data.prefix.train"
-  expected = collate(list(itertools.islice(export.read_corpus(path, cfg), 8)), cfg)
-  batch = next(tc.corpus_batches(tc.corpus_source(data_dir, "train", cfg), 8, seed=0))
+  expected = collate(list(itertools.islice(corpus.read_corpus(path, cfg), 8)), cfg)
+  batch, = _array_record_batches(tc.corpus_source(data_dir, "train", cfg), 8, 0, stop=1)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == \
       {k: (v.shape, v.dtype) for k, v in expected.items()}
 
 
 def test_shuffle_is_deterministic_per_seed_and_reshuffles_each_epoch(plain):
   source = tc.corpus_source(plain[1], "train", CFG)
-  run = lambda seed: list(tc.corpus_batches(source, 8, seed=seed, num_epochs=2,
-                                            drop_remainder=False))
+  run = lambda seed: _array_record_batches(source, 8, seed, num_epochs=2, drop_remainder=False)
   first = run(3)
   _assert_batches_equal(first, run(3))
   assert _fingerprints(first) != _fingerprints(run(4))
@@ -102,21 +119,19 @@ def test_shuffle_is_deterministic_per_seed_and_reshuffles_each_epoch(plain):
 
 def test_two_shards_partition_the_data(plain):
   source = tc.corpus_source(plain[1], "train", CFG)
-  shards = [_fingerprints(tc.corpus_batches(source, 5, seed=1, num_epochs=1, shard_index=i,
-                                            shard_count=2, drop_remainder=False))
+  shards = [_fingerprints(_array_record_batches(source, 5, 1, num_epochs=1, shard_index=i,
+                                                shard_count=2, drop_remainder=False))
             for i in range(2)]
   assert len(shards[0]) == len(shards[1]) == 30
   assert not set(shards[0]) & set(shards[1])
-  everything = set(_fingerprints(tc.corpus_batches(source, 61, seed=1, num_epochs=1)))
+  everything = set(_fingerprints(_array_record_batches(source, 61, 1, num_epochs=1)))
   assert set(shards[0]) | set(shards[1]) < everything
 
 
-def test_resume_from_start_step_continues_the_same_stream(plain):
+def test_resume_at_batch_k_continues_the_same_stream(plain):
   source = tc.corpus_source(plain[1], "train", CFG)
-  full = list(itertools.islice(tc.corpus_batches(source, 8, seed=5, shard_index=1,
-                                                 shard_count=2), 12))
-  resumed = list(itertools.islice(tc.corpus_batches(source, 8, seed=5, shard_index=1,
-                                                    shard_count=2, start_step=7), 5))
+  full = _array_record_batches(source, 8, 5, shard_index=1, shard_count=2, stop=12)
+  resumed = _array_record_batches(source, 8, 5, shard_index=1, shard_count=2, start=7, stop=12)
   _assert_batches_equal(full[7:], resumed)
 
 
@@ -134,21 +149,25 @@ def test_env_config_mismatch_is_refused(plain, tmp_path):
   assert tc.build_tfds_corpus(prefix, data_dir, CFG).info.splits["train"].num_examples == 61
 
 
-def test_jsonl_batches_equal_the_array_record_path_without_shuffling(plain):
+def test_jsonl_batches_equal_the_array_record_path_shuffled_or_not(plain):
+  """The data.prefix source is read, shuffled, sharded and batched as the ArrayRecord one."""
   prefix, data_dir = plain
   source = tc.corpus_source(data_dir, "train", CFG)
-  for kwargs in ({"num_epochs": 2}, {"num_epochs": 1, "shard_index": 1, "shard_count": 2,
-                                     "drop_remainder": False, "start_step": 2}):
-    _assert_batches_equal(list(tc.jsonl_batches(prefix, CFG, 8, **kwargs)),
-                          list(tc.corpus_batches(source, 8, seed=0, shuffle=False, **kwargs)))
+  for shuffle in (False, True):
+    for kwargs, start in (({"num_epochs": 2}, 0),
+                          ({"num_epochs": 1, "shard_index": 1, "shard_count": 2,
+                            "drop_remainder": False}, 2)):
+      _assert_batches_equal(_jsonl_batches(prefix, CFG, 8, 7, start, shuffle=shuffle, **kwargs),
+                            _array_record_batches(source, 8, 7, start, shuffle=shuffle, **kwargs))
 
 
-def test_jsonl_buffer_shuffle_is_seeded(plain):
+def test_jsonl_shuffle_is_seeded(plain):
   prefix = plain[0]
-  run = lambda seed: _fingerprints(tc.jsonl_batches(prefix, CFG, 8, seed=seed,
-                                                    shuffle_buffer=16, drop_remainder=False))
+  run = lambda seed: _fingerprints(_jsonl_batches(prefix, CFG, 8, seed, shuffle=True,
+                                                  num_epochs=1, drop_remainder=False))
   assert run(0) == run(0) != run(1)
-  in_order = _fingerprints(tc.jsonl_batches(prefix, CFG, 8, drop_remainder=False))
+  in_order = _fingerprints(_jsonl_batches(prefix, CFG, 8, 0, shuffle=False, num_epochs=1,
+                                          drop_remainder=False))
   assert sorted(run(0)) == sorted(in_order) and run(0) != in_order
 
 
@@ -156,7 +175,7 @@ def test_original_export_fixture_converts(tmp_path):
   cfg = default_env_config()
   path = FIXTURES / "original_export_d1.prefix.gz"
   builder = tc.build_tfds_corpus({"train": path}, tmp_path, cfg)
-  samples = list(export.read_corpus(path, cfg))
+  samples = list(corpus.read_corpus(path, cfg))
   _assert_rows_match_collate(tc.corpus_source(tmp_path, "train", cfg), samples, cfg)
   standard = tfds.data_source("snip_corpus", data_dir=str(tmp_path))["train"]
   assert len(standard) == builder.info.splits["train"].num_examples == len(samples)

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from snip_jax.convert.pth import load_pth
 from snip_jax.model import params_from_checkpoint, params_to_state_dicts, state_dicts_to_params
+from snip_jax.tasks import clip
 from snip_jax.train import train_step as train_step_lib
 from snip_jax.train import trainer
 from snip_jax.train.optimizer import inverse_sqrt_schedule, snip_optimizer
@@ -228,7 +229,7 @@ def test_retrieval_accuracies_match_the_originals_clip_logits(mesh):
   state = create_train_state(cfg, params, snip_optimizer(lr=1e-3))
   metrics = jax.device_get(make_eval_step(cfg, mesh)(state, batch))
   assert {k: float(metrics[k]) for k in expected} == expected
-  f2y, y2f = trainer._retrieval_accuracies(  # pylint: disable=protected-access
+  f2y, y2f = clip._retrieval_accuracies(  # pylint: disable=protected-access
       io["encoder_f_latent"], io["encoder_y_latent"], float(io["clip_temperature"]), False)
   assert [float(f2y), float(y2f)] == list(expected.values())
 
@@ -247,7 +248,7 @@ def test_retrieval_accuracy_directions_differ_on_a_hand_built_pair(replay_data, 
            "equation_lengths": np.full(2, 3, np.int32)}
   metrics = jax.device_get(make_eval_step(cfg, mesh)(fresh_state(), batch))
   assert {k: float(metrics[k]) for k in expected} == expected
-  f2y, y2f = trainer._retrieval_accuracies(z_f, z_y, 1.0, False)  # pylint: disable=protected-access
+  f2y, y2f = clip._retrieval_accuracies(z_f, z_y, 1.0, False)  # pylint: disable=protected-access
   assert [float(f2y), float(y2f)] == list(expected.values())
 
 

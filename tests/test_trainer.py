@@ -20,8 +20,10 @@ import pytest
 
 from configs import pretrain
 from snip_jax.convert.converter import convert_pth, load_converted
-from snip_jax.data.stream import batch_stream
+from snip_jax.data import pipeline
 from snip_jax.errors import UserError
+from snip_jax.symbolic.config import env_config_from
+from snip_jax.tasks import clip
 from snip_jax.train import trainer
 from snip_jax.train.train_step import create_train_state, data_mesh, make_eval_step
 
@@ -78,7 +80,7 @@ def full_run(tmp_path_factory):
   """An uninterrupted 12-step run, checkpoint and eval every 6 steps."""
   workdir = tmp_path_factory.mktemp("full")
   config = _config(num_train_steps=12, checkpoint_every_steps=6, eval_every_steps=6)
-  return workdir, trainer.train_and_evaluate(config, workdir)
+  return workdir, clip.train_and_evaluate(config, workdir)
 
 
 def test_run_writes_checkpoints_metrics_tensorboard_and_plots(full_run):
@@ -116,13 +118,13 @@ def test_keeps_the_latest_and_the_best_checkpoints_and_resumes_from_the_latest(f
   config = _config(num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=2,
                    keep_checkpoints=2)
   metric = config.eval.best_metric
-  trainer.train_and_evaluate(config, tmp_path)
+  clip.train_and_evaluate(config, tmp_path)
   expected = _latest_and_best(tmp_path, 2, metric)
   assert len(expected) == 3, "the best is among the latest two: this run cannot tell"
   assert _saved_steps(tmp_path) == expected
   config.train.num_train_steps = 12
   with caplog.at_level(logging.INFO):
-    final = trainer.train_and_evaluate(config, tmp_path)
+    final = clip.train_and_evaluate(config, tmp_path)
   assert f"resumed from {tmp_path / 'checkpoints'}/8 (next batch 8)" in caplog.text
   assert final["step"] == 12
   expected = _latest_and_best(tmp_path, 2, metric)
@@ -150,7 +152,7 @@ def test_unrestorable_latest_checkpoint_falls_back_to_the_previous_one(full_run,
   for f in data_files:
     f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
   with caplog.at_level(logging.WARNING):
-    final = trainer.train_and_evaluate(_config(num_train_steps=12, checkpoint_every_steps=6,
+    final = clip.train_and_evaluate(_config(num_train_steps=12, checkpoint_every_steps=6,
                                                eval_every_steps=6), tmp_path)
   assert "checkpoint step 12" in caplog.text and "does not restore" in caplog.text
   assert final["step"] == 12
@@ -164,7 +166,7 @@ def test_no_restorable_checkpoint_is_a_clear_error(full_run, tmp_path):
   for step in ("6", "12"):
     shutil.rmtree(tmp_path / "checkpoints" / step / "state")
   with pytest.raises(UserError, match=r"none of the checkpoints .* restores.*step 12.*step 6"):
-    trainer.train_and_evaluate(_config(num_train_steps=12), tmp_path)
+    clip.train_and_evaluate(_config(num_train_steps=12), tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["12", "6"]
 
 
@@ -172,7 +174,7 @@ def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(tmp_pa
   config = _config(num_train_steps=20, checkpoint_every_steps=1, eval_every_steps=100)
   config.optim.lr = config.optim.warmup_init_lr = 1e30
   with pytest.raises(trainer.NonFiniteLossError, match=r"at step (\d+)") as error:
-    trainer.train_and_evaluate(config, tmp_path)
+    clip.train_and_evaluate(config, tmp_path)
   bad_step = int(error.value.args[0].split("at step ")[1].split(";")[0])
   saved = _saved_steps(tmp_path)
   assert saved and max(saved) < bad_step
@@ -188,13 +190,13 @@ def test_init_from_a_converted_checkpoint_starts_from_its_weights(tmp_path):
     config.env[key] = value
   for key in config.model:
     config.model[key] = getattr(model_cfg, key)
-  trainer.train_and_evaluate(config, tmp_path / "run")
+  clip.train_and_evaluate(config, tmp_path / "run")
 
   model_cfg = trainer.model_config(config, env_cfg)
   optimizer, _ = trainer.make_optimizer(config.optim)
   state = create_train_state(model_cfg, params, optimizer)
-  batch = next(batch_stream(env_cfg, seed=config.train.seed,
-                            batch_size=config.train.batch_size)).payload
+  batch = pipeline.generated_batches(env_cfg, seed=config.train.seed,
+                                     batch_size=config.train.batch_size)[0]
   expected = float(make_eval_step(model_cfg, data_mesh())(state, batch)["loss"])
   assert _train_losses(tmp_path / "run")[0][1] == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
@@ -202,7 +204,7 @@ def test_init_from_a_converted_checkpoint_starts_from_its_weights(tmp_path):
 def test_init_from_with_another_model_config_is_refused(tmp_path):
   converted = convert_pth(TINY_PTH, tmp_path / "converted")
   with pytest.raises(ValueError, match="init_from.*mantissa_len"):
-    trainer.train_and_evaluate(_config(init_from=str(converted)), tmp_path / "run")
+    clip.train_and_evaluate(_config(init_from=str(converted)), tmp_path / "run")
 
 
 def _launch(workdir, *flags):
@@ -279,7 +281,7 @@ def test_runlocal_preset_learns_held_out_retrieval_well_above_chance(tmp_path):
   Measured at seed 0: eval f2y 6/64 and y2f 12/64 (chance 1/64), eval loss 2.95 vs ln 64 = 4.16.
   """
   config = pretrain.get_config("runlocal")
-  final = trainer.train_and_evaluate(config, tmp_path)
+  final = clip.train_and_evaluate(config, tmp_path)
   n = config.eval.n_samples
   chance = 1.0 / n
   mean_accuracy = (final["eval_accuracy_f2y"] + final["eval_accuracy_y2f"]) / 2
@@ -288,3 +290,72 @@ def test_runlocal_preset_learns_held_out_retrieval_well_above_chance(tmp_path):
   assert final["eval_loss"] < np.log(n) - 0.5, final
   first_eval = next(r for r in _records(tmp_path) if "eval_loss" in r)
   assert final["eval_loss"] < first_eval["eval_loss"]
+
+
+def _counting_host_fetches(monkeypatch, calls: list) -> list:
+  """Record the train-step count at every device->host fetch of a jax.Array.
+
+  (On CPU `jax.transfer_guard_device_to_host` has nothing to guard: the arrays are on the
+  host already. Every fetch still goes through ArrayImpl._value, so it is counted there.)
+  """
+  from jax._src import array as jax_array
+
+  fetches, value = [], jax_array.ArrayImpl._value
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value",
+                      property(lambda self: fetches.append(len(calls)) or value.fget(self)))
+  make = trainer.make_train_step
+
+  def counted_step(*args, **kwargs):
+    step = make(*args, **kwargs)
+    return lambda *a: calls.append(None) or step(*a)
+
+  monkeypatch.setattr(trainer, "make_train_step", counted_step)
+  return fetches
+
+
+@pytest.mark.parametrize("sync_every_step", [False, True])
+def test_steps_between_log_steps_never_fetch_from_the_devices(tmp_path, monkeypatch,
+                                                              sync_every_step):
+  calls = []
+  fetches = _counting_host_fetches(monkeypatch, calls)
+  if sync_every_step:  # the old loop's float(loss) per step: the count must catch it
+    counted = trainer.make_train_step
+    monkeypatch.setattr(trainer, "make_train_step", lambda *a, **k: _syncing(counted(*a, **k)))
+  config = _config(num_train_steps=10, log_every_steps=5, eval_every_steps=10,
+                   checkpoint_every_steps=10, transfer_guard="disallow")
+  assert clip.train_and_evaluate(config, tmp_path)["step"] == 10
+  between_events = sorted(set(fetches) - {0, 5, 10})
+  assert between_events == ([1, 2, 3, 4, 6, 7, 8, 9] if sync_every_step else [])
+
+
+def _syncing(step):
+  """A train step that fetches its loss every step."""
+  def run(*args):
+    state, step_metrics = step(*args)
+    float(step_metrics["loss"])
+    return state, step_metrics
+  return run
+
+
+def test_a_learned_temperature_is_saved_and_loaded_with_the_params(tmp_path):
+  from snip_jax import load_pretrained
+  from snip_jax.train.train_step import CLIP
+
+  config = _config(num_train_steps=4, learnable_temperature=True, checkpoint_every_steps=4,
+                   eval_every_steps=4)
+  config.optim.lr, config.optim.warmup_updates = 0.05, 1
+  clip.train_and_evaluate(config, tmp_path / "run")
+  state = ocp.StandardCheckpointer().restore(tmp_path / "run" / "checkpoints" / "4" / "state")
+  learned = float(np.asarray(state["log_temperature"]))
+  assert abs(learned - np.log(config.model.clip_temperature)) > 1e-3
+  model = load_pretrained(tmp_path / "run")
+  z_a, z_b = np.random.default_rng(0).normal(size=(2, 3, model.model_cfg.latent_dim))
+  np.testing.assert_allclose(model.similarity(z_a, z_b),
+                             (z_a @ z_b.T / np.exp(learned)).astype(np.float32), rtol=1e-5)
+
+  config.train.init_from = str(tmp_path / "run")
+  model_cfg = trainer.model_config(config, env_config_from(config.env))
+  task = trainer.Task(objective=CLIP, batches=None, evaluate=None, eval_metrics=())
+  started = trainer._initial_state(config, model_cfg, data_mesh(), task,
+                                   trainer.make_optimizer(config.optim)[0])
+  assert float(started.log_temperature) == pytest.approx(learned, abs=1e-7)

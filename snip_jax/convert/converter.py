@@ -20,40 +20,24 @@ import shutil
 from typing import Any, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from snip_jax import __version__
-from snip_jax.convert.integrity import CHECKSUMS_KEY, array_checksums, restoring, verify_arrays
+from snip_jax.convert.integrity import CHECKSUMS_KEY, array_checksums
 from snip_jax.convert.pth import load_pth
 from snip_jax.convert.pth_writer import save_pth
-from snip_jax.model import (ModelConfig, check_kind, params_from_checkpoint,
-                            params_to_state_dicts)
+from snip_jax.model import ModelConfig, params_from_checkpoint, params_to_state_dicts
 from snip_jax.symbolic.config import EnvConfig, default_env_config
+from snip_jax.train.checkpoints import (CONFIG_FILE, PARAMS_DIR, load_converted,
+                                        model_config_to_json)
 
-CONFIG_FILE = "config.json"
-PARAMS_DIR = "params"
-WORKDIR_CHECKPOINTS = "checkpoints"  # a training workdir's Orbax checkpoints (snip_jax.train)
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def env_config_from_params(params: Mapping[str, Any]) -> EnvConfig:
   """The environment options recorded in an original checkpoint's `params`."""
   names = {f.name for f in dataclasses.fields(EnvConfig)}
   return default_env_config(**{k: v for k, v in params.items() if k in names})
-
-
-def model_config_to_json(cfg: ModelConfig) -> dict:
-  values = dataclasses.asdict(cfg)
-  values["dtype"] = jnp.dtype(cfg.dtype).name
-  return values
-
-
-def model_config_from_json(values: Mapping[str, Any]) -> ModelConfig:
-  values = dict(values)
-  values["dtype"] = _DTYPES[values.get("dtype", "float32")]
-  return ModelConfig(**values)
 
 
 def save_converted(out_dir: str | os.PathLike, model_cfg: ModelConfig, env_cfg: EnvConfig,
@@ -77,58 +61,6 @@ def save_converted(out_dir: str | os.PathLike, model_cfg: ModelConfig, env_cfg: 
             "source": dict(source), "snip_jax_version": __version__, CHECKSUMS_KEY: checksums}
   (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str) + "\n")
   return out_dir
-
-
-def load_converted(path: str | os.PathLike, kind: Optional[str] = None
-                   ) -> tuple[ModelConfig, EnvConfig, Any]:
-  """(model config, env config, params) from a converted directory or a training workdir.
-
-  A training workdir (launch.py pretrain / proppred) gives the params of its latest checkpoint.
-  kind: the model kind required ("snip" or "sr"; None: either), else a one-line ValueError.
-  """
-  path = pathlib.Path(path).absolute()
-  if not (path / CONFIG_FILE).exists():
-    raise FileNotFoundError(f"{path} is neither a converted checkpoint nor a training workdir"
-                            f" (no {CONFIG_FILE}); convert a .pth first: python -m"
-                            " snip_jax.convert --pth FILE --out DIR")
-  config = json.loads((path / CONFIG_FILE).read_text())
-  if (path / PARAMS_DIR).is_dir():
-    params = _converted_params(path, config.get(CHECKSUMS_KEY))
-  else:
-    params = latest_checkpoint_params(path / WORKDIR_CHECKPOINTS)
-  check_kind(params, kind, str(path))
-  return model_config_from_json(config["model"]), default_env_config(**config["env"]), params
-
-
-def _converted_params(path: pathlib.Path, checksums: Optional[Mapping[str, str]]) -> Any:
-  """The params of converted directory `path`, verified against its recorded `checksums`."""
-  where = f"the converted checkpoint {path}"
-  fix = "Convert the .pth again: python -m snip_jax.convert --pth FILE --out DIR --overwrite"
-  checkpointer = ocp.StandardCheckpointer()
-  with restoring(where, fix):
-    params = {module.name: jax.tree.map(np.asarray, checkpointer.restore(module))
-              for module in sorted((path / PARAMS_DIR).iterdir())}
-  verify_arrays(params, checksums, where, fix)
-  return params
-
-
-def latest_checkpoint_params(directory: pathlib.Path) -> Any:
-  """The model params of the newest step in a training workdir's `checkpoints/`, verified."""
-  steps = []
-  if directory.is_dir():
-    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-  if not steps:
-    raise FileNotFoundError(f"{directory} holds no checkpoint: has that training run saved one?")
-  step_dir = directory / str(steps[-1])
-  where = f"checkpoint step {steps[-1]} in {directory}"
-  fix = (f"Move {step_dir} out of {directory} to use the previous step (rerunning its training"
-         " job does that itself)")
-  with restoring(where, fix):
-    state = ocp.StandardCheckpointer().restore(step_dir / "state")
-    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
-  params = jax.tree.map(np.asarray, state["params"])
-  verify_arrays({"params": params}, meta.get(CHECKSUMS_KEY), where, fix)
-  return params
 
 
 def read_pth(pth_path: str | os.PathLike, kind: Optional[str] = None

@@ -1,18 +1,12 @@
-"""`data.prefix` corpora: export, reload, resume, and a dedup + train/valid/test split.
+"""`data.prefix` corpora: resumable export, and a dedup + train/valid/test split.
 
-The JSONL layout is the original SNIP export's, field for field (info fields as strings, then
-`x_to_fit`/`y_to_fit` as `%.{float_precision}e` strings, the `tree` prefix with raw float
-constants, `skeleton_tree_encoded`, and `target_property` for property corpora), so files move
-both ways between this project and the original. An optional `data.infix` holds line i's
-infix on line i; it is a separate file because the original's reader turns every unknown
-field of a data.prefix line into an int.
+The format is data/corpus.py's (the original's JSONL); the samples come from the input
+pipeline's generated chunks (data/pipeline.py), in this process or in worker processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import gzip
 import hashlib
 import json
 import math
@@ -21,65 +15,17 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from absl import logging
 
 from snip_jax import __version__, checks
-from snip_jax.data.batching import check_sample
-from snip_jax.data.stream import mapped_stream
+from snip_jax.data import pipeline
+from snip_jax.data.corpus import INFIX_FILE, PREFIX_FILE, CorpusError
 from snip_jax.errors import UserError
-from snip_jax.symbolic.config import EnvConfig, default_env_config
-from snip_jax.symbolic.generator import Sample
-from snip_jax.symbolic.tokenizers import encode_prefix
-from snip_jax.symbolic.trees import parse_prefix
+from snip_jax.symbolic.config import EnvConfig, env_config_from
 
-INFO_FIELDS = ("n_input_points", "n_unary_ops", "n_binary_ops", "d_in", "d_out",
-               "input_distribution_type", "n_centroids")
-_NON_INFO_FIELDS = frozenset(("x_to_fit", "y_to_fit", "x_to_predict", "y_to_predict", "tree",
-                              "tree_encoded", "skeleton_tree_encoded", "target_property"))
-PREFIX_FILE = "data.prefix"
-INFIX_FILE = "data.infix"
 META_FILE = "export_meta.json"
-SCAN_LIMIT_BYTES = 100 * 2**20  # validation reads corpora up to this size in full (~10 s)
-
-
-# ---------------------------------------------------------------------------------------------
-# Lines
-# ---------------------------------------------------------------------------------------------
-
-
-def _format_points(values: np.ndarray, precision: int) -> list[list[str]]:
-  fmt = f"%.{precision}e"
-  return [[fmt % v for v in row] for row in np.asarray(values).tolist()]
-
-
-def sample_to_record(sample: Sample, cfg: EnvConfig) -> dict:
-  """The original export's JSON object for one sample, in its key order."""
-  record = {name: str(sample.infos[name]) for name in INFO_FIELDS}
-  record["x_to_fit"] = _format_points(sample.x, cfg.float_precision)
-  record["y_to_fit"] = _format_points(sample.y, cfg.float_precision)
-  record["tree"] = sample.tree.prefix()
-  record["skeleton_tree_encoded"] = list(sample.skeleton_tree_encoded)
-  if sample.target_property is not None:
-    record["target_property"] = float(sample.target_property)
-  return record
-
-
-def samples_to_lines(samples: Sequence[Sample], *, cfg: EnvConfig,
-                     with_infix: bool) -> list[tuple[str, Optional[str]]]:
-  """(`data.prefix` line, `data.infix` line or None) per sample, newline-terminated."""
-  out = []
-  for sample in samples:
-    prefix_line = json.dumps(sample_to_record(sample, cfg)) + "\n"
-    out.append((prefix_line, sample.tree.infix() + "\n" if with_infix else None))
-  return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Reload
-# ---------------------------------------------------------------------------------------------
 
 
 class ExportInterrupted(Exception):
@@ -88,74 +34,6 @@ class ExportInterrupted(Exception):
   def __init__(self, message: str, signal_name: str):
     super().__init__(message)
     self.signal_name = signal_name
-
-
-class CorpusError(UserError):
-  """A data.prefix line that cannot be read; the message names the file and line."""
-
-
-def record_to_sample(record: dict, cfg: EnvConfig) -> Sample:
-  """A Sample from one data.prefix object, as the original's `read_sample` interprets it."""
-  x = np.array([[float(v) for v in row] for row in record["x_to_fit"]], dtype=np.float64)
-  y = np.array([[float(v) for v in row] for row in record["y_to_fit"]], dtype=np.float64)
-  tree = parse_prefix(record["tree"])
-  infos = {k: int(v) for k, v in record.items() if k not in _NON_INFO_FIELDS}
-  target = record.get("target_property")
-  return Sample(tree=tree, tree_encoded=encode_prefix(tree.prefix_list(), cfg),
-                skeleton_tree_encoded=list(record["skeleton_tree_encoded"]), x=x, y=y,
-                infos=infos, target_property=None if target is None else float(target))
-
-
-def _open_text(path: pathlib.Path):
-  if path.suffix == ".gz":
-    return gzip.open(path, "rt", encoding="utf-8")
-  return open(path, encoding="utf-8")
-
-
-def read_corpus(path: str | os.PathLike, env_cfg: EnvConfig, *, points: bool = True,
-                require_target: bool = False) -> Iterator[Sample]:
-  """Samples of a data.prefix file (ours or the original's, optionally .gz).
-
-  Every sample is checked against `env_cfg` as `collate` would: its equation tokens and, with
-  `points`, its x/y (columns, count, NaN/inf); `require_target` also wants a
-  target_property. Errors name file:line.
-  """
-  path = pathlib.Path(path)
-  with _open_text(path) as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.endswith("\n"):
-        raise CorpusError(f"{path}:{lineno}: truncated last line (no newline); an export was"
-                          " interrupted mid-write: resume the export to repair it")
-      try:
-        sample = record_to_sample(json.loads(line), env_cfg)
-        check_sample(sample, env_cfg, points)
-      except (ValueError, KeyError, TypeError) as err:
-        problem = f"missing field {err}" if isinstance(err, KeyError) else str(err)
-        raise CorpusError(f"{path}:{lineno}: cannot read this data.prefix line: {problem}") from None
-      if require_target and sample.target_property is None:
-        raise CorpusError(f"{path}:{lineno} has no target_property: export property data with"
-                          " env.is_proppred=True (configs/export.py:ncr, upward, yavg or oscil)")
-      yield sample
-
-
-def scan_corpus(path: str | os.PathLike, env_cfg: EnvConfig, *, points: bool = True,
-                require_target: bool = False,
-                limit_bytes: int = SCAN_LIMIT_BYTES) -> Optional[int]:
-  """Read a corpus of at most `limit_bytes` in full (CorpusError at file:line); its samples.
-
-  `points` and `require_target` are read_corpus's. None for a larger file: read_corpus
-  checks its lines (naming file:line too) as training reads them.
-  """
-  path = pathlib.Path(path)
-  if path.stat().st_size > limit_bytes:
-    logging.info("%s is over %d MB: its lines are checked as training reads them", path,
-                 limit_bytes >> 20)
-    return None
-  n = sum(1 for _ in read_corpus(path, env_cfg, points=points, require_target=require_target))
-  if not n:
-    raise CorpusError(f"{path} is empty: it holds no samples")
-  return n
-
 
 # ---------------------------------------------------------------------------------------------
 # Resumable writing
@@ -238,20 +116,14 @@ def prepare_workdir(workdir: pathlib.Path, plan: ExportPlan, with_infix: bool) -
   return done
 
 
-def env_config_from(config_env) -> EnvConfig:
-  """An EnvConfig from an ml_collections sub-config (or any mapping) of original names."""
-  values = dict(config_env.to_dict() if hasattr(config_env, "to_dict") else config_env)
-  return default_env_config(**values)
-
-
 def export_corpus(workdir: str | os.PathLike, env_cfg: EnvConfig, *, n_samples: int,
                   seed: int = 0, chunk_size: int = 64, num_workers: int = 0,
-                  write_infix: bool = False, log_every_s: float = 5.0,
-                  chunk_timeout_s: Optional[float] = None) -> pathlib.Path:
+                  write_infix: bool = False, log_every_s: float = 5.0) -> pathlib.Path:
   """Write (or complete) `workdir/data.prefix` with the first `n_samples` of the stream.
 
   Resumable: rerunning after an interruption, or with a larger `n_samples`, appends exactly
-  the missing lines, byte-identical to an uninterrupted run.
+  the missing lines, byte-identical to an uninterrupted run (and to files written by earlier
+  versions with the same settings: chunk c is generated from the seeds [seed, c]).
   """
   workdir = pathlib.Path(workdir)
   plan = ExportPlan(seed=seed, chunk_size=chunk_size, env=dataclasses.asdict(env_cfg))
@@ -263,33 +135,40 @@ def export_corpus(workdir: str | os.PathLike, env_cfg: EnvConfig, *, n_samples: 
     return prefix_path
   logging.info("exporting samples %d..%d to %s with %d worker(s)", done, n_samples, prefix_path,
                num_workers)
-  fn = functools.partial(samples_to_lines, cfg=env_cfg, with_infix=write_infix)
-  stream = mapped_stream(env_cfg, fn, seed=seed, chunk_size=chunk_size, num_workers=num_workers,
-                         start_chunk=done // chunk_size,
-                         end_chunk=math.ceil(n_samples / chunk_size),
-                         chunk_timeout_s=chunk_timeout_s)
-  progress = _Progress(done, n_samples, log_every_s)
-  position = (done // chunk_size) * chunk_size
-  with _StopOnSignal() as stop, \
-      open(prefix_path, "a", encoding="utf-8") as prefix_file, \
-      open(workdir / INFIX_FILE, "a", encoding="utf-8") if write_infix else _nothing() as infix_file:
-    for chunk in stream:
-      lines = chunk.payload[max(0, done - position):n_samples - position]
-      position += chunk_size
+  chunks = pipeline.generated_chunks(env_cfg, seed=seed, chunk_size=chunk_size,
+                                     with_infix=write_infix)
+  first_chunk = done // chunk_size
+  with pipeline.iterate(chunks, start=first_chunk, stop=math.ceil(n_samples / chunk_size),
+                        num_workers=num_workers) as stream:
+    done = _write_chunks(stream, workdir, done, n_samples, first_chunk * chunk_size,
+                         _Progress(done, n_samples, log_every_s))
+  return prefix_path
+
+
+def _write_chunks(stream, workdir: pathlib.Path, done: int, n_samples: int, position: int,
+                  progress: "_Progress") -> int:
+  """Append the chunks' lines past `done` (up to `n_samples`); stop cleanly on a signal.
+
+  `position` is the stream index of the first chunk's first sample.
+  """
+  prefix_path = workdir / PREFIX_FILE
+  with _StopOnSignal() as stop, open(prefix_path, "a", encoding="utf-8") as prefix_file:
+    for chunk_lines, stats in stream:
+      lines = chunk_lines[max(0, done - position):n_samples - position]
+      position += len(chunk_lines)
       prefix_file.write("".join(p for p, _ in lines))
       prefix_file.flush()
-      if infix_file is not None:
-        infix_file.write("".join(i for _, i in lines))
-        infix_file.flush()
+      if lines and lines[0][1] is not None:
+        with open(workdir / INFIX_FILE, "a", encoding="utf-8") as infix_file:
+          infix_file.write("".join(i for _, i in lines))
       done += len(lines)
-      progress.update(done, chunk.stats)
+      progress.update(done, stats)
       if stop.requested:
-        stream.close()
         raise ExportInterrupted(
             f"stopped by {stop.requested} with {done}/{n_samples} samples in"
             f" {prefix_path}; rerun the same command to resume", stop.requested)
   progress.finish(prefix_path)
-  return prefix_path
+  return done
 
 
 class _StopOnSignal:
@@ -317,14 +196,6 @@ class _StopOnSignal:
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
-    return False
-
-
-class _nothing:
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *exc):
     return False
 
 
@@ -440,9 +311,8 @@ def validate_config(config, workdir: str) -> None:
   checks.at_least(1, ex, "export", "n_samples", "chunk_size")
   checks.at_least(0, ex, "export", "num_workers", "n_valid", "n_test")
   checks.one_of(ex.dedup_key, ("tree", "skeleton"), "export.dedup_key")
-  if not ex.log_every_s > 0 or ex.chunk_timeout_s < 0:
-    raise UserError(f"export.log_every_s must be > 0 and export.chunk_timeout_s >= 0 (0: no"
-                    f" limit), got {ex.log_every_s} and {ex.chunk_timeout_s}")
+  if not ex.log_every_s > 0:
+    raise UserError(f"export.log_every_s must be > 0, got {ex.log_every_s}")
   if ex.n_valid + ex.n_test > ex.n_samples:
     raise UserError(f"export.n_valid + export.n_test ({ex.n_valid} + {ex.n_test}) exceed"
                     f" export.n_samples ({ex.n_samples})")
@@ -459,8 +329,7 @@ def run_export(config, workdir: str) -> pathlib.Path:
   ex = config.export
   path = export_corpus(workdir, env_cfg, n_samples=ex.n_samples, seed=config.seed,
                        chunk_size=ex.chunk_size, num_workers=ex.num_workers,
-                       write_infix=ex.write_infix, log_every_s=ex.log_every_s,
-                       chunk_timeout_s=ex.chunk_timeout_s or None)
+                       write_infix=ex.write_infix, log_every_s=ex.log_every_s)
   if ex.n_valid or ex.n_test:
     split_dir = pathlib.Path(workdir) / "split"
     counts = split_corpus(path, split_dir, n_valid=ex.n_valid, n_test=ex.n_test,

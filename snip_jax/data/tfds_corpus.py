@@ -23,34 +23,28 @@ source files and target-property counts). Examples keep the data.prefix line ord
 (`disable_shuffling=True`); the arrays are `collate`'s rows, so a training batch is laid out
 exactly as from live generation. Shuffling happens at read time, per epoch, with Grain.
 
-Resuming: `corpus_batches` is a Grain `MapDataset` pipeline (shuffle -> shard -> repeat ->
-batch), so batch k is a pure function of (seed, shard, k). Checkpoint the step number and pass
-`start_step=step` on restart: the pipeline is sliced at that batch, so nothing before it is
-read or replayed. The returned Grain iterator's `get_state()` is `{'next_index': k}`, batches
-taken since `start_step`; `set_state` on a fresh iterator of the same pipeline also resumes.
-`jsonl_batches` cannot seek, so it re-parses the lines it skips.
+Reading for training: `snip_jax.data.pipeline.corpus_batches(corpus_source(...), ...)`, the
+same Grain pipeline (shuffle per epoch -> shard -> repeat -> batch) as a data.prefix read into
+memory, so batch k is a pure function of (seed, shard, k) and a run resumes at batch k.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterator, Mapping
-from typing import Optional
+from collections.abc import Mapping
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
 from snip_jax.data.batching import MAX_EQUATION_LEN, collate
-from snip_jax.data.export import PREFIX_FILE, CorpusError, read_corpus
+from snip_jax.data.corpus import PREFIX_FILE, CorpusError, read_corpus
 from snip_jax.symbolic.config import EnvConfig
 
 DATASET_NAME = "snip_corpus"
@@ -334,128 +328,3 @@ def corpus_source(data_dir: str | os.PathLike, split: str, env_cfg: EnvConfig) -
                     " it out", directory, split, n_with, counts["n_examples"])
   has_target = n_with > 0 and n_with == counts.get("n_examples")
   return CorpusSource(builder.as_data_source(split), env_cfg, split, has_target)
-
-
-def _check_batching(batch_size: int, start_step: int, shard_index: int,
-                    shard_count: int) -> None:
-  """Argument errors at call time, before any data is read."""
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if start_step < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step}")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
-
-
-def _examples_per_shard(n: int, shard_count: int) -> int:
-  """Every shard gets n // shard_count examples (the last n % shard_count are left out)."""
-  per_shard = n // shard_count
-  if per_shard == 0:
-    raise ValueError(f"{n} examples cannot be split into {shard_count} non-empty shards")
-  return per_shard
-
-
-def _to_batch_row(example: dict) -> dict:
-  """Drop the per-example `tree` string: batches carry exactly `collate`'s keys."""
-  return {k: v for k, v in example.items() if k != "tree"}
-
-
-def corpus_batches(source: CorpusSource, batch_size: int, seed: int, *, shuffle: bool = True,
-                   num_epochs: Optional[int] = None, shard_index: int = 0,
-                   shard_count: int = 1, start_step: int = 0, drop_remainder: bool = True,
-                   num_threads: int = 8) -> grain.DatasetIterator:
-  """Dict-of-numpy batches with `collate`'s keys, shapes and dtypes, via a Grain MapDataset.
-
-  Each epoch is shuffled with (seed + epoch), then host `shard_index` of `shard_count` takes
-  every shard_count-th example of it (disjoint shards of equal size). Epochs run back to back
-  (a batch may span two); `num_epochs=None` repeats forever. `start_step` resumes at that
-  batch without reading the ones before it. Returns a Grain iterator (`get_state`/`set_state`).
-  """
-  _check_batching(batch_size, start_step, shard_index, shard_count)
-  per_shard = _examples_per_shard(len(source), shard_count)
-  ds = grain.MapDataset.source(source)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds[shard_index:per_shard * shard_count:shard_count]
-  ds = ds.repeat(num_epochs).map(_to_batch_row)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)[start_step:]
-  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
-  return iter(ds.to_iter_dataset(read_options))
-
-
-# ---------------------------------------------------------------------------------------------
-# Small corpora: straight from the JSONL
-# ---------------------------------------------------------------------------------------------
-
-
-def _count_lines(path: pathlib.Path) -> int:
-  """Lines in a data.prefix (optionally .gz): the shard sizes need the total up front."""
-  with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-    return sum(1 for _ in f)
-
-
-def _shard_samples(path: pathlib.Path, env_cfg: EnvConfig, shard_index: int,
-                   shard_count: int, limit: Optional[int]) -> Iterator:
-  """This host's samples of one pass over the first `limit` lines, as in `corpus_batches`."""
-  for index, sample in enumerate(read_corpus(path, env_cfg)):
-    if limit is not None and index >= limit:
-      return
-    if index % shard_count == shard_index:
-      yield sample
-
-
-def _buffer_shuffle(samples: Iterator, buffer_size: int, rng: np.random.Generator) -> Iterator:
-  """Seeded reservoir-style shuffle: emit a random buffered sample as each new one arrives."""
-  buffer = []
-  for sample in samples:
-    if len(buffer) < buffer_size:
-      buffer.append(sample)
-      continue
-    j = int(rng.integers(buffer_size))
-    yield buffer[j]
-    buffer[j] = sample
-  for j in rng.permutation(len(buffer)):
-    yield buffer[j]
-
-
-def jsonl_batches(path: str | os.PathLike, env_cfg: EnvConfig, batch_size: int, *,
-                  seed: int = 0, shuffle_buffer: int = 0, num_epochs: Optional[int] = 1,
-                  shard_index: int = 0, shard_count: int = 1, start_step: int = 0,
-                  drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
-  """`collate` batches straight from a data.prefix file (small corpora; no build step).
-
-  Deterministic: with `shuffle_buffer=0` the file order (equal to `corpus_batches` with
-  shuffle=False); otherwise a buffer shuffle seeded by `seed`. Sharding, epochs and
-  `drop_remainder` match `corpus_batches`; `start_step` re-reads and discards earlier batches.
-  As in `collate`, `target_property` is in a batch iff every sample in it has one.
-  """
-  _check_batching(batch_size, start_step, shard_index, shard_count)
-  path = pathlib.Path(path)
-  limit = None
-  if shard_count > 1:
-    limit = _examples_per_shard(_count_lines(path), shard_count) * shard_count
-  return _jsonl_batches(path, env_cfg, batch_size, np.random.default_rng(seed), shuffle_buffer,
-                        num_epochs, shard_index, shard_count, limit, start_step, drop_remainder)
-
-
-def _jsonl_batches(path, env_cfg, batch_size, rng, shuffle_buffer, num_epochs, shard_index,
-                   shard_count, limit, start_step, drop_remainder):
-  """The generator behind `jsonl_batches` (arguments already checked)."""
-  step, pending, epoch = 0, [], 0
-  while num_epochs is None or epoch < num_epochs:
-    samples = _shard_samples(path, env_cfg, shard_index, shard_count, limit)
-    if shuffle_buffer > 0:
-      samples = _buffer_shuffle(samples, shuffle_buffer, rng)
-    n_read = 0
-    for sample in samples:
-      n_read += 1
-      pending.append(sample)
-      if len(pending) == batch_size:
-        if step >= start_step:
-          yield collate(pending, env_cfg)
-        step, pending = step + 1, []
-    if n_read == 0:
-      raise ValueError(f"{path} has no samples for shard {shard_index} of {shard_count}")
-    epoch += 1
-  if pending and not drop_remainder and step >= start_step:
-    yield collate(pending, env_cfg)

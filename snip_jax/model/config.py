@@ -26,10 +26,16 @@ _MODEL_OPTIONS = ("enc_emb_dim", "dec_emb_dim", "n_enc_layers", "n_dec_layers", 
                   "n_emb_layers", "emb_expansion_factor", "latent_dim", "dropout",
                   "attention_dropout", "share_inout_emb", "clip_temperature", "max_src_len")
 
+# Fields derived from the environment's vocabulary (ModelConfig computes those left None).
+_VOCAB_FIELDS = ("n_float_words", "n_words", "float_pad_id", "eq_pad_id", "eq_eos_id")
+
 # Environment options that change the vocabulary (and hence the embedding sizes).
 _VOCAB_ENV_OPTIONS = ("max_input_dimension", "max_output_dimension", "float_precision",
                       "mantissa_len", "max_exponent", "max_int", "extra_unary_operators",
                       "extra_binary_operators", "extra_constants")
+
+# Values of ModelConfig.attention (ours; not an original option, so not in _MODEL_OPTIONS).
+ATTENTION_OPTIONS = ("auto", "kernel", "dot_product")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +67,13 @@ class ModelConfig:
   float_precision: int = 3
   mantissa_len: int = 1
   max_len: int = 200
-  # vocabulary sizes and ids, as `build_vocab` gives them for the options above
-  n_float_words: int = 10218
-  n_words: int = 10283
-  float_pad_id: int = 8
-  eq_pad_id: int = 73  # the second `<PAD>` copy: padding_idx of encoder_f / decoder embeddings
-  eq_eos_id: int = 65  # the second `<EOS>` copy: start and end of every equation
+  # vocabulary sizes and ids: `from_env` takes them from its environment; left None, they are
+  # `build_vocab`'s for the options above and the other environment defaults
+  n_float_words: int | None = None
+  n_words: int | None = None
+  float_pad_id: int | None = None
+  eq_pad_id: int | None = None  # the second `<PAD>`: padding_idx of encoder_f / decoder embeddings
+  eq_eos_id: int | None = None  # the second `<EOS>` copy: start and end of every equation
   # (ours) L2-normalise latents before the CLIP logits; the original does not.
   normalize_latents: bool = False
   # (ours) True: the original's pooling softmax over every position, padding included, so a
@@ -75,8 +82,13 @@ class ModelConfig:
   pool_over_padding: bool = True
   # (ours) compute dtype; parameters stay float32 and softmaxes run in float32.
   dtype: Any = jnp.float32
+  # (ours) attention path, same weights and outputs: "kernel" (softmax_attention, hand-written
+  # backward pass; fastest on CPU), "dot_product" (jax.nn.dot_product_attention: XLA, or cuDNN
+  # flash attention where JAX picks it), "auto" ("kernel" on CPU, else "dot_product").
+  attention: str = "auto"
 
   def __post_init__(self):
+    _fill_vocabulary(self)
     _validate(self)
 
   @property
@@ -96,13 +108,11 @@ class ModelConfig:
   @classmethod
   def from_env(cls, env_cfg: EnvConfig, **overrides) -> "ModelConfig":
     """A config whose vocabulary sizes and ids match the environment `env_cfg`."""
-    vocab = build_vocab(env_cfg)
     fields = dict(
         max_input_dimension=env_cfg.max_input_dimension,
         max_output_dimension=env_cfg.max_output_dimension,
         float_precision=env_cfg.float_precision, mantissa_len=env_cfg.mantissa_len,
-        max_len=env_cfg.max_len, n_float_words=vocab.n_float_words, n_words=vocab.n_words,
-        float_pad_id=vocab.float_pad_id, eq_pad_id=vocab.pad_id, eq_eos_id=vocab.eos_id)
+        max_len=env_cfg.max_len, **_vocabulary_fields(env_cfg))
     fields.update(overrides)
     return cls(**fields)
 
@@ -126,6 +136,26 @@ class ModelConfig:
           f" give a vocabulary of {cfg.n_words} equation words; the checkpoint was written by a"
           " different vocabulary definition and cannot be loaded as is")
     return cfg
+
+
+def _vocabulary_fields(env_cfg: EnvConfig) -> dict[str, int]:
+  """The vocabulary sizes and ids of the environment `env_cfg`, by ModelConfig field."""
+  vocab = build_vocab(env_cfg)
+  return dict(n_float_words=vocab.n_float_words, n_words=vocab.n_words,
+              float_pad_id=vocab.float_pad_id, eq_pad_id=vocab.pad_id, eq_eos_id=vocab.eos_id)
+
+
+def _fill_vocabulary(cfg: ModelConfig) -> None:
+  """Set the vocabulary fields left None to those of the environment the config describes."""
+  missing = [name for name in _VOCAB_FIELDS if getattr(cfg, name) is None]
+  if not missing:
+    return
+  env_cfg = default_env_config(
+      max_input_dimension=cfg.max_input_dimension, max_output_dimension=cfg.max_output_dimension,
+      float_precision=cfg.float_precision, mantissa_len=cfg.mantissa_len)
+  values = _vocabulary_fields(env_cfg)
+  for name in missing:
+    object.__setattr__(cfg, name, values[name])  # frozen: set once, while constructing
 
 
 def _as_field_type(cls, name: str, value: Any) -> Any:
@@ -178,3 +208,6 @@ def _validate(cfg: ModelConfig) -> None:
     raise ValueError(f"clip_temperature must be > 0, got {cfg.clip_temperature}")
   if jnp.dtype(cfg.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
     raise ValueError(f"dtype must be float32 or bfloat16, got {cfg.dtype}")
+  if cfg.attention not in ATTENTION_OPTIONS:
+    raise ValueError(f"attention must be one of {', '.join(map(repr, ATTENTION_OPTIONS))},"
+                     f" got {cfg.attention!r}")

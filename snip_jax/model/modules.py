@@ -115,34 +115,64 @@ def _softmax_attention_bwd(residuals, d_out):
 softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
+def resolve_attention(option: str) -> str:
+  """The path ModelConfig.attention selects: "auto" is "kernel" on CPU, else "dot_product"."""
+  if option == "auto":
+    return "kernel" if jax.default_backend() == "cpu" else "dot_product"
+  return option
+
+
+def _attention_bias(mask: Optional[Array], causal: bool, q_len: int, k_len: int) -> Array:
+  """The kernel path's additive mask: 0 where `mask` (and causality) allow, -inf elsewhere."""
+  if causal:
+    lower = jnp.tril(jnp.ones((q_len, k_len), dtype=bool))[None, None]
+    mask = lower if mask is None else jnp.logical_and(mask, lower)
+  return jnp.zeros((), jnp.float32) if mask is None else jnp.where(mask, 0.0, -jnp.inf)
+
+
 class MultiHeadAttention(nn.Module):
-  """Scaled dot-product attention; masked scores are -inf and the softmax runs in float32."""
+  """Scaled dot-product attention; the softmax runs in float32, masked scores get no weight.
+
+  `attention` picks the path (see ModelConfig.attention); jax.nn.dot_product_attention has no
+  attention dropout, so training with dropout > 0 runs the kernel path whatever the option.
+  """
 
   n_heads: int
   dim: int
   dropout: float
   dtype: Any
+  attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x: Array, kv: Array, mask: Optional[Array], deterministic: bool) -> Array:
-    """x [B, q, dim], kv [B, k, dim], mask broadcastable to [B, heads, q, k] (True = attend)."""
+  def __call__(self, x: Array, kv: Array, mask: Optional[Array], deterministic: bool,
+               causal: bool = False) -> Array:
+    """x [B, q, dim], kv [B, k, dim], mask broadcastable to [B, heads, q, k] (True = attend).
+
+    causal: also mask the keys after each query (decoder self-attention).
+    """
     head_dim = self.dim // self.n_heads
 
     def project(name, inputs):
       out = _dense(self.dim, self.dim, self.dtype, name)(inputs)
       return out.reshape(out.shape[:-1] + (self.n_heads, head_dim))
 
-    q = project("q_lin", x) / head_dim ** 0.5
+    q = project("q_lin", x) / head_dim ** 0.5  # [B, len, heads, head_dim]
     k = project("k_lin", kv)
     v = project("v_lin", kv)
-    bias = jnp.zeros((), jnp.float32) if mask is None else jnp.where(mask, 0.0, -jnp.inf)
-    q, k, v = (t.swapaxes(1, 2) for t in (q, k, v))  # [B, heads, len, head_dim]
-    if deterministic or self.dropout == 0.0:
-      context = softmax_attention(q, k, v, bias)
+    use_dropout = not deterministic and self.dropout > 0.0
+    if resolve_attention(self.attention) == "dot_product" and not use_dropout:
+      context = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, is_causal=causal,
+                                             implementation=None)
     else:
-      weights = nn.Dropout(self.dropout)(_attention_probabilities(q, k, bias), deterministic=False)
-      context = weights @ v
-    context = context.swapaxes(1, 2)
+      bias = _attention_bias(mask, causal, x.shape[1], kv.shape[1])
+      q, k, v = (t.swapaxes(1, 2) for t in (q, k, v))  # [B, heads, len, head_dim]
+      if use_dropout:
+        weights = nn.Dropout(self.dropout)(_attention_probabilities(q, k, bias),
+                                           deterministic=False)
+        context = weights @ v
+      else:
+        context = softmax_attention(q, k, v, bias)
+      context = context.swapaxes(1, 2)
     context = context.reshape(context.shape[:-2] + (self.dim,))
     return _dense(self.dim, self.dim, self.dtype, "out_lin")(context)
 
@@ -221,16 +251,16 @@ class _Transformer(nn.Module):
     self.position_embeddings = nn.Embed(N_MAX_POSITIONS, dim, dtype=cfg.dtype,
                                         embedding_init=_embedding_init())
     self.layer_norm_emb = _layer_norm(cfg.dtype)
-    self.attentions = [MultiHeadAttention(n_heads, dim, cfg.attention_dropout, cfg.dtype)
-                       for _ in range(n_layers)]
+    self.attentions = [MultiHeadAttention(n_heads, dim, cfg.attention_dropout, cfg.dtype,
+                                          cfg.attention) for _ in range(n_layers)]
     self.layer_norm1 = [_layer_norm(cfg.dtype) for _ in range(n_layers)]
     self.ffns = [TransformerFFN(dim, 4 * dim, n_hidden_layers, cfg.dropout, cfg.dtype)
                  for _ in range(n_layers)]
     self.layer_norm2 = [_layer_norm(cfg.dtype) for _ in range(n_layers)]
     if self.is_decoder:
       self.layer_norm15 = [_layer_norm(cfg.dtype) for _ in range(n_layers)]
-      self.encoder_attn = [MultiHeadAttention(n_heads, dim, cfg.attention_dropout, cfg.dtype)
-                           for _ in range(n_layers)]
+      self.encoder_attn = [MultiHeadAttention(n_heads, dim, cfg.attention_dropout, cfg.dtype,
+                                              cfg.attention) for _ in range(n_layers)]
     # Every original TransformerModel owns these three, used or not.
     self.glob_attn_module = _dense(1, dim, cfg.dtype)
     self.bottleneck_module = Bottleneck(cfg.latent_dim, dim, cfg.dtype)
@@ -247,10 +277,10 @@ class _Transformer(nn.Module):
     tensor = self.drop(self.layer_norm_emb(tensor), deterministic=deterministic)
     return tensor * mask[..., None].astype(tensor.dtype)
 
-  def _layer(self, i: int, tensor: Array, attn_mask: Array, mask: Array, deterministic: bool,
-             cross_kv: Optional[Array] = None) -> Array:
-    """One post-LN block: self-attention, [cross-attention], FFN, then zero padded positions."""
-    attn = self.attentions[i](tensor, tensor, attn_mask, deterministic)
+  def _layer(self, i: int, tensor: Array, attn_mask: Optional[Array], mask: Array,
+             deterministic: bool, cross_kv: Optional[Array] = None) -> Array:
+    """One post-LN block: self-attention (causal in the decoder), [cross-attention], FFN."""
+    attn = self.attentions[i](tensor, tensor, attn_mask, deterministic, causal=self.is_decoder)
     tensor = self.layer_norm1[i](tensor + self.drop(attn, deterministic=deterministic))
     if cross_kv is not None:
       attn = self.encoder_attn[i](tensor, cross_kv, None, deterministic)
@@ -352,10 +382,9 @@ class TransformerDecoder(_Transformer):
     """Causal layers over ids x [B, slen] cross-attending (unmasked) to kv [B, k, dim]."""
     slen = x.shape[1]
     mask = _length_mask(lengths, slen)
-    causal = jnp.tril(jnp.ones((slen, slen), dtype=bool))[None, None]
     tensor = self._embed(self.embeddings(x), mask, deterministic)
     for i in range(len(self.attentions)):
-      tensor = self._layer(i, tensor, causal, mask, deterministic, cross_kv=kv)
+      tensor = self._layer(i, tensor, None, mask, deterministic, cross_kv=kv)
     self.sow("intermediates", "hidden", tensor)
     return tensor
 

@@ -171,3 +171,9 @@ def default_env_config(**overrides) -> EnvConfig:
   if unknown:
     raise ValueError(f"unknown environment option(s): {', '.join(unknown)}")
   return EnvConfig(**overrides)
+
+
+def env_config_from(config_env) -> EnvConfig:
+  """An EnvConfig from an ml_collections sub-config (or any mapping) of original names."""
+  values = dict(config_env.to_dict() if hasattr(config_env, "to_dict") else config_env)
+  return default_env_config(**values)

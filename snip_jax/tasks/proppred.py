@@ -26,18 +26,20 @@ import os
 import pathlib
 from typing import Any, Iterator, Optional
 
+import grain
 import jax
 import numpy as np
 from absl import logging
 
-from snip_jax.convert.converter import WORKDIR_CHECKPOINTS, latest_checkpoint_params
-from snip_jax.data.batching import collate_equations, trim_equations
 from snip_jax import checks
-from snip_jax.data.export import env_config_from, read_corpus, scan_corpus
+from snip_jax.data import pipeline
+from snip_jax.data.batching import collate_equations, trim_equations
+from snip_jax.data.corpus import read_corpus, scan_corpus
 from snip_jax.errors import UserError
 from snip_jax.model import SNIP, ModelConfig
-from snip_jax.symbolic.config import PROPERTY_TYPES, EnvConfig
+from snip_jax.symbolic.config import PROPERTY_TYPES, EnvConfig, env_config_from
 from snip_jax.train import trainer
+from snip_jax.train.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from snip_jax.train.train_step import PROPERTY, TrainState
 
 VARIANTS = {"supervised": ("encoder_f", "regressor"), "frozen": ("regressor",),
@@ -149,31 +151,39 @@ def check_data(config, env_cfg: EnvConfig, splits: tuple[str, ...]) -> None:
       _property_source(location, split, env_cfg)
 
 
-def property_batches(data: PropertySet, batch_size: int, seed: int, start_batch: int = 0, *,
-                     process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """This process's rows of global batches `start_batch`, `start_batch + 1`, ... forever.
+@dataclasses.dataclass(frozen=True)
+class _PropertyBatch:
+  """Global batch index -> this process's rows of it (see property_batches); picklable."""
+
+  data: PropertySet
+  batch_size: int
+  seed: int
+  process_index: int
+  process_count: int
+
+  def __call__(self, k: int) -> dict:
+    n, local = len(self.data), self.batch_size // self.process_count
+    first = k * self.batch_size + self.process_index * local
+    positions = np.arange(first, first + local)
+    epochs = positions // n
+    orders = {e: np.random.default_rng([self.seed, e]).permutation(n) for e in set(epochs)}
+    indices = np.array([orders[e][p % n] for e, p in zip(epochs, positions)])
+    return {"equations": self.data.equations[indices],
+            "equation_lengths": self.data.equation_lengths[indices],
+            "target_property": self.data.target_property[indices].astype(np.float32)}
+
+
+def property_batches(data: PropertySet, batch_size: int, seed: int, *, process_index: int = 0,
+                     process_count: int = 1) -> grain.MapDataset:
+  """This process's rows of every global batch, indexed by batch (endless).
 
   The sample order is the concatenation of per-epoch permutations seeded by (seed, epoch),
   so global batch k depends only on (data, batch_size, seed, k): resumption is exact.
   """
-  n = len(data)
-  if batch_size > n:
-    raise UserError(f"train.batch_size {batch_size} exceeds the {n} training samples")
-  local = batch_size // process_count
-
-  @functools.lru_cache(maxsize=2)  # a batch spans at most two epochs
-  def order(epoch):
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-  k = start_batch
-  while True:
-    positions = np.arange(k * batch_size, (k + 1) * batch_size)
-    positions = positions[process_index * local:(process_index + 1) * local]
-    indices = np.array([order(p // n)[p % n] for p in positions])
-    yield {"equations": data.equations[indices],
-           "equation_lengths": data.equation_lengths[indices],
-           "target_property": data.target_property[indices].astype(np.float32)}
-    k += 1
+  if batch_size > len(data):
+    raise UserError(f"train.batch_size {batch_size} exceeds the {len(data)} training samples")
+  return grain.MapDataset.range(0, pipeline.ENDLESS).map(
+      _PropertyBatch(data, batch_size, seed, process_index, process_count))
 
 
 # ------------------------------------------------------------------------- prediction, metrics
@@ -285,8 +295,8 @@ def validate_config(config, workdir: str) -> None:
 def validate_report_config(config, workdir: str) -> None:
   """Check what `report` needs: a trained workdir and the test data (UserError if wrong)."""
   checks.workdir(workdir)
-  if not (pathlib.Path(workdir) / WORKDIR_CHECKPOINTS).is_dir():
-    raise UserError(f"--workdir={workdir} holds no {WORKDIR_CHECKPOINTS}/: train there first"
+  if not (pathlib.Path(workdir) / CHECKPOINT_DIR).is_dir():
+    raise UserError(f"--workdir={workdir} holds no {CHECKPOINT_DIR}/: train there first"
                     " (--config.job=proppred)")
   checks.at_least(1, config.eval, "eval", "batch_size")
   with checks.as_user_error():
@@ -303,13 +313,13 @@ def proppred_task(config, env_cfg: EnvConfig, model_cfg: ModelConfig, mesh) -> t
   logging.info("property %s: %d training labels, %d test samples", env_cfg.property_type,
                len(train_set), len(test_set))
   trainer.local_batch_size(config.train.batch_size)  # checks it splits over the devices
-  batches = functools.partial(property_batches, train_set, config.train.batch_size,
-                              config.train.seed, process_index=jax.process_index(),
-                              process_count=jax.process_count())
+  batches = property_batches(train_set, config.train.batch_size, config.train.seed,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
   evaluate = functools.partial(_eval_metrics, predict=make_predict(model_cfg), data=test_set,
                                batch_size=config.eval.batch_size,
                                equation_bucket=config.train.equation_bucket)
-  return trainer.Task(objective=PROPERTY, host_batches=batches,
+  return trainer.Task(objective=PROPERTY, batches=batches,
                       evaluate=evaluate, eval_metrics=EVAL_METRICS,
                       init_modules=SYMBOLIC_ENCODER)
 
@@ -330,7 +340,7 @@ def report(config, workdir: str | os.PathLike) -> dict[str, Any]:
   workdir = pathlib.Path(workdir).absolute()
   env_cfg = env_config_from(config.env)
   model_cfg = trainer.model_config(config, env_cfg)
-  params = latest_checkpoint_params(workdir / WORKDIR_CHECKPOINTS)
+  params, _ = latest_checkpoint(workdir / CHECKPOINT_DIR)
   test_set = load_split(config, env_cfg, "test")
   predictions, latents = predict_set(make_predict(model_cfg), params, test_set,
                                      config.eval.batch_size, config.train.equation_bucket)
