@@ -32,6 +32,9 @@ from snip_jax.symbolic.config import EnvConfig, default_env_config
 from snip_jax.train.checkpoints import (CONFIG_FILE, PARAMS_DIR, load_converted,
                                         model_config_to_json)
 
+__all__ = ["CONFIG_FILE", "PARAMS_DIR", "convert_pth", "env_config_from_params", "export_pth",
+           "export_state_dicts", "load_converted", "read_pth", "save_converted"]  # load_converted lives with the workdir layout; re-exported here
+
 
 
 def env_config_from_params(params: Mapping[str, Any]) -> EnvConfig:

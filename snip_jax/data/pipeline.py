@@ -27,7 +27,7 @@ import os
 import pathlib
 import sys
 from multiprocessing import resource_tracker
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import grain
 import numpy as np

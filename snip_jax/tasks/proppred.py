@@ -24,7 +24,7 @@ import functools
 import json
 import os
 import pathlib
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import grain
 import jax

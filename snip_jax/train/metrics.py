@@ -20,9 +20,8 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
-def mean_metrics(window: list[dict]) -> dict[str, float]:
-  """Means over a log interval of the step metrics (fetched from the devices at once)."""
-  fetched = jax.device_get(window)
+def mean_metrics(fetched: list[dict]) -> dict[str, float]:
+  """Means over a log interval of the step metrics (already fetched from the devices)."""
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 

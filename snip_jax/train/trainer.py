@@ -430,7 +430,7 @@ class _TrainingRun:
     fetched = jax.device_get(window)
     _check_finite_losses(fetched, window_start, self.manager)
     n = self.step - window_start
-    self.train_log = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    self.train_log = metrics.mean_metrics(fetched)
     self.train_log.update(samples_per_s=n * tc.batch_size / elapsed, step_time_s=elapsed / n)
     self.writer.write(self.step, self.train_log)
     metrics.log_progress(self.step, tc, self.train_log)
