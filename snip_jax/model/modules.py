@@ -135,6 +135,7 @@ class MultiHeadAttention(nn.Module):
 
   `attention` picks the path (see ModelConfig.attention); jax.nn.dot_product_attention has no
   attention dropout, so training with dropout > 0 runs the kernel path whatever the option.
+  `keys_values` and `attend` split a call for decoding with a cache (keys/values computed once).
   """
 
   n_heads: int
@@ -143,38 +144,49 @@ class MultiHeadAttention(nn.Module):
   dtype: Any
   attention: str = "auto"
 
-  @nn.compact
+  def setup(self):
+    self.q_lin = _dense(self.dim, self.dim, self.dtype)
+    self.k_lin = _dense(self.dim, self.dim, self.dtype)
+    self.v_lin = _dense(self.dim, self.dim, self.dtype)
+    self.out_lin = _dense(self.dim, self.dim, self.dtype)
+    self.attention_dropout = nn.Dropout(self.dropout)
+
+  def _heads(self, projected: Array) -> Array:
+    """[..., dim] -> [..., heads, head_dim]."""
+    return projected.reshape(projected.shape[:-1] + (self.n_heads, self.dim // self.n_heads))
+
+  def keys_values(self, kv: Array) -> tuple[Array, Array]:
+    """kv [B, k, dim] -> keys and values [B, k, heads, head_dim]."""
+    return self._heads(self.k_lin(kv)), self._heads(self.v_lin(kv))
+
   def __call__(self, x: Array, kv: Array, mask: Optional[Array], deterministic: bool,
                causal: bool = False) -> Array:
     """x [B, q, dim], kv [B, k, dim], mask broadcastable to [B, heads, q, k] (True = attend).
 
     causal: also mask the keys after each query (decoder self-attention).
     """
-    head_dim = self.dim // self.n_heads
+    k, v = self.keys_values(kv)
+    return self.attend(x, k, v, mask, deterministic, causal)
 
-    def project(name, inputs):
-      out = _dense(self.dim, self.dim, self.dtype, name)(inputs)
-      return out.reshape(out.shape[:-1] + (self.n_heads, head_dim))
-
-    q = project("q_lin", x) / head_dim ** 0.5  # [B, len, heads, head_dim]
-    k = project("k_lin", kv)
-    v = project("v_lin", kv)
+  def attend(self, x: Array, k: Array, v: Array, mask: Optional[Array],
+             deterministic: bool = True, causal: bool = False) -> Array:
+    """Queries from x [B, q, dim] over keys/values [B, k, heads, head_dim] -> [B, q, dim]."""
+    q = self._heads(self.q_lin(x)) / (self.dim // self.n_heads) ** 0.5
     use_dropout = not deterministic and self.dropout > 0.0
     if resolve_attention(self.attention) == "dot_product" and not use_dropout:
       context = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, is_causal=causal,
                                              implementation=None)
     else:
-      bias = _attention_bias(mask, causal, x.shape[1], kv.shape[1])
+      bias = _attention_bias(mask, causal, q.shape[1], k.shape[1])
       q, k, v = (t.swapaxes(1, 2) for t in (q, k, v))  # [B, heads, len, head_dim]
       if use_dropout:
-        weights = nn.Dropout(self.dropout)(_attention_probabilities(q, k, bias),
-                                           deterministic=False)
+        weights = self.attention_dropout(_attention_probabilities(q, k, bias),
+                                         deterministic=False)
         context = weights @ v
       else:
         context = softmax_attention(q, k, v, bias)
       context = context.swapaxes(1, 2)
-    context = context.reshape(context.shape[:-2] + (self.dim,))
-    return _dense(self.dim, self.dim, self.dtype, "out_lin")(context)
+    return self.out_lin(context.reshape(context.shape[:-2] + (self.dim,)))
 
 
 class TransformerFFN(nn.Module):
@@ -391,6 +403,40 @@ class TransformerDecoder(_Transformer):
   def logits(self, hidden: Array) -> Array:
     """Hidden states [..., dim] -> vocabulary logits [..., n_words]."""
     return self.proj(hidden, self.embeddings.embedding)
+
+  def init_cache(self, kv: Array, max_len: int) -> dict:
+    """A decoding cache: per layer the cross-attention keys/values of kv [B, k, dim] and empty
+    self-attention ones for `max_len` positions."""
+    batch, heads = kv.shape[0], self.attentions[0].n_heads
+    empty = jnp.zeros((batch, max_len, heads, self.dim // heads), self.cfg.dtype)
+    kv = kv.astype(self.cfg.dtype)
+    return {"cross": tuple(attn.keys_values(kv) for attn in self.encoder_attn),
+            "self": tuple((empty, empty) for _ in self.attentions)}
+
+  def decode_step(self, tokens: Array, position: Array, alive: Array,
+                  cache: dict) -> tuple[Array, dict]:
+    """One cached decoding step: tokens [B] at `position` -> (logits [B, n_words], cache).
+
+    Only the new position is computed; its self-attention keys/values join the cache, and the
+    cross-attention ones are reused. Rows where `alive` is False get a zeroed hidden state, as
+    the original's length mask does for finished sequences.
+    """
+    position = jnp.asarray(position, jnp.int32)
+    keep = alive.astype(self.cfg.dtype)[:, None, None]
+    tensor = self.embeddings(tokens)[:, None] + self.position_embeddings(position)[None, None]
+    tensor = self.layer_norm_emb(tensor) * keep
+    visible = (jnp.arange(cache["self"][0][0].shape[1]) <= position)[None, None, None, :]
+    updated = []
+    for i, attention in enumerate(self.attentions):
+      k_new, v_new = attention.keys_values(tensor)
+      k, v = (jax.lax.dynamic_update_slice_in_dim(old, new, position, axis=1)
+              for old, new in zip(cache["self"][i], (k_new, v_new)))
+      updated.append((k, v))
+      tensor = self.layer_norm1[i](tensor + attention.attend(tensor, k, v, visible))
+      tensor = self.layer_norm15[i](tensor + self.encoder_attn[i].attend(tensor,
+                                                                         *cache["cross"][i], None))
+      tensor = self.layer_norm2[i](tensor + self.ffns[i](tensor, True)) * keep
+    return self.logits(tensor[:, 0]), {"cross": cache["cross"], "self": tuple(updated)}
 
 
 class SRDecoder(TransformerDecoder):

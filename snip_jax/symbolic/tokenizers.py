@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from snip_jax.symbolic.config import BASE_OPERATORS, MATH_CONSTANTS, EnvConfig
+from snip_jax.symbolic.trees import ARITY, Expression, Node, is_leaf_symbol
 
 __all__ = [
     "SPECIAL_WORDS",
@@ -455,3 +456,56 @@ def equation_ids(tokens: Sequence[str], vocab: Vocab) -> list:
         f"token {tokens[position]!r} at position {position} is not in the equation "
         f"vocabulary ({vocab.n_words} words); check max_input_dimension, max_int and "
         "max_exponent of the environment config") from None
+
+
+# ---------------------------------------------------------------------------------------
+# decoded sequences -> expressions
+
+
+def generated_expression(tokens: Sequence[str], env_cfg: EnvConfig):
+  """The Expression a decoder's output tokens spell, or None, read as the original does.
+
+  `|` separates output dimensions; each part is read as one prefix tree from its start and
+  whatever follows the tree (`<EOS>`, `<PAD>`, extra tokens) is ignored. A `+`/`-` token starts
+  a float of exactly `tokens_per_float` tokens (sign from its first token, mantissa and exponent
+  from the other tokens' text after their first character). Incomplete trees, malformed
+  floats, special words and `OOD_*` tokens give None.
+  """
+  tokens = list(tokens)
+  if any(t.startswith("OOD") for t in tokens):
+    return None
+  parts, start = [], 0
+  for i, token in enumerate(tokens + ["|"]):
+    if token == "|":
+      parts.append(tokens[start:i])
+      start = i + 1
+  nodes = [_read_tree(part, env_cfg.tokens_per_float) for part in parts]
+  return None if any(node is None for node in nodes) else Expression(nodes)
+
+
+def _read_tree(tokens: Sequence[str], float_width: int):
+  """One prefix tree from the start of `tokens` (floats consume float_width tokens), or None."""
+  root, stack, pos = None, [], 0
+  while root is None or stack:
+    if pos >= len(tokens):
+      return None
+    token = tokens[pos]
+    if token in ("+", "-"):
+      value = _decode_one(tokens[pos:pos + float_width])
+      if len(tokens) - pos < float_width or math.isnan(value):
+        return None
+      node, pos = Node(repr(value)), pos + float_width
+    elif token in ARITY or is_leaf_symbol(token):
+      node, pos = Node(token), pos + 1
+    else:
+      return None
+    if stack:
+      stack[-1][0].children.append(node)
+      stack[-1][1] -= 1
+    else:
+      root = node
+    if ARITY.get(node.value, 0):
+      stack.append([node, ARITY[node.value]])
+    while stack and stack[-1][1] == 0:
+      stack.pop()
+  return root
