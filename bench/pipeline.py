@@ -82,7 +82,7 @@ def array_record(cfg, seconds: float) -> None:
     source = corpus_source(f"{tmp}/tfds", "train", cfg)
     for workers in (0, 2):
       ds = pipeline.corpus_batches(source, 256, seed=0)
-      batches = rate(pipeline.iterate(ds, num_workers=workers, read_threads=8), seconds)
+      batches = rate(pipeline.iterate(ds, num_workers=workers), seconds)
       print(f"ArrayRecord d=10 bs 256  {workers} workers  {batches * 256:9.0f} samples/s",
             flush=True)
 

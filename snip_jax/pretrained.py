@@ -1,9 +1,13 @@
-"""`load_pretrained`: embed datasets and equations with a released (or converted) SNIP model.
+"""`load_pretrained`: embed datasets and equations with a released (or converted) SNIP model,
+and decode equations from data with a symbolic-regression (SR) one.
 
   model = snip_jax.load_pretrained("snip-10dmax.pth")          # or a converted directory
   z_y = model.embed_points(x, y)                               # one dataset -> [latent_dim]
   z_f = model.embed_equations(["add,0.918,mul,0.403,x_0", "sin(x_0)**2"])
   model.similarity(z_f, z_y[None])                             # the CLIP logits
+
+  sr = snip_jax.load_pretrained("snip-e2e-sr.pth")
+  sr.generate(x, y, method="sample", n_samples=10)             # candidates, best first
 
 Every dataset is padded to `max_len` points exactly as the original's training batches were,
 so its latent never depends on what else is in the batch (the original's encoder pools over
@@ -12,6 +16,7 @@ the batch's longest sample, including padding).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pathlib
@@ -23,18 +28,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from snip_jax.data.batching import collate_equations, collate_points
-from snip_jax.model import SNIP, ModelConfig
+from snip_jax.model import SNIP, SNIPSR, ModelConfig, describe_kind, model_kind
+from snip_jax.sr import decoding
 from snip_jax.symbolic.config import EnvConfig
 from snip_jax.symbolic.datapoints import normalize_outputs
-from snip_jax.symbolic.tokenizers import build_vocab, encode_prefix
+from snip_jax.symbolic.tokenizers import build_vocab, encode_prefix, generated_expression
 from snip_jax.symbolic.infix import from_sympy, parse_infix
 from snip_jax.symbolic.trees import Expression, parse_prefix
 
 ArrayLike = Union[np.ndarray, Sequence[float]]
+DECODING_METHODS = ("greedy", "beam", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """A decoded equation: its tokens (no BOS/<EOS>), score, and Expression (None if invalid).
+
+  score: the sum of the tokens' log-probabilities (<EOS> included) for greedy and sampled
+  decodings; the original's beam score (that sum / length**length_penalty) for beam search.
+  """
+
+  tokens: list
+  score: float
+  expression: Optional[Expression]
 
 
 class Pretrained:
-  """A SNIP model with its params and environment, with batched, jitted embedding calls."""
+  """A SNIP (or SR) model with its params and environment: batched, jitted embedding calls,
+  and `generate` for SR models."""
 
   def __init__(self, model_cfg: ModelConfig, env_cfg: EnvConfig, params: Any,
                batch_size: int = 64):
@@ -42,12 +63,13 @@ class Pretrained:
     self.env_cfg = env_cfg
     self.params = jax.tree.map(jnp.asarray, params)
     self.batch_size = batch_size
-    self.model = SNIP(model_cfg)
+    self.kind = model_kind(params)
+    self.model = SNIPSR(model_cfg) if self.kind == "sr" else SNIP(model_cfg)
 
   @functools.cached_property
   def _encode_points(self):
-    return jax.jit(lambda p, points, n: self.model.apply({"params": p}, points, n,
-                                                         method=SNIP.encode_points))
+    return jax.jit(lambda p, points, n: self.model.apply(
+        {"params": p}, points, n, method=lambda m, *a: m.encode_points(*a)))
 
   @functools.cached_property
   def _encode_equations(self):
@@ -106,6 +128,7 @@ class Pretrained:
     data.prefix, raw float constants allowed), infix text (the original's or ordinary math),
     a sympy expression, or an `Expression`.
     """
+    self._require("snip", "embed_equations")
     single = not isinstance(exprs, (list, tuple))
     items = [exprs] if single else list(exprs)
     if not items:
@@ -127,6 +150,59 @@ class Pretrained:
       raise ValueError(f"equation {index}: token {unknown[0]!r} is not in this model's vocabulary"
                        f" (max_input_dimension={self.env_cfg.max_input_dimension})")
     return tokens
+
+  # ---- decoding (SR models) ----
+
+  def generate(self, x, y=None, *, method: str = "greedy", beam_size: int = 3,
+               n_samples: int = 10, temperature: float = 0.1, seed: int = 0,
+               max_len: int = 200, subsample: Optional[np.random.Generator] = None) -> list:
+    """Candidate equations for datasets, best first: `generate(x, y)` -> [Candidate, ...];
+    `generate([(x1, y1), ...])` -> one such list per dataset.
+
+    method: "greedy" (one candidate), "beam" (the original's beam search: `beam_size`
+    hypotheses) or "sample" (`n_samples` per dataset at `temperature`, seeded by `seed`; the
+    original's SR decoding, temperature 0.1). Datasets are read as by `embed_points`; every
+    dataset and sample is decoded in one batched call.
+    """
+    self._require("sr", "generate")
+    _check_decoding(method, beam_size, n_samples, temperature, max_len)
+    latents = self.embed_points(x, y, subsample=subsample)
+    single = y is not None
+    latents = latents[None] if single else latents
+    if method == "beam":
+      src = self.model.apply({"params": self.params}, jnp.asarray(latents),
+                             method=SNIPSR.map_latent)
+      found = decoding.beam_search(self.model, self.params, src, beam_size=beam_size,
+                                   max_len=max_len).hypotheses
+      rows = [[(ids[1:], score) for score, ids in kept] for kept in found]
+    else:
+      rows = self._sampled(latents, method, n_samples, temperature, seed, max_len)
+    words = build_vocab(self.env_cfg).equation_id2word
+    out = [[self._candidate([words[i] for i in ids], score) for ids, score in dataset]
+           for dataset in rows]
+    return out[0] if single else out
+
+  def _sampled(self, latents, method, n_samples, temperature, seed, max_len) -> list:
+    """Per dataset [(ids without BOS/<EOS>, score)] of greedy or sampled rows, best first."""
+    per_latent = 1 if method == "greedy" else n_samples
+    options = {} if method == "greedy" else {"temperature": temperature,
+                                             "rng": jax.random.key(seed)}
+    ids, lengths, scores = (np.asarray(a) for a in decoding.generate_from_latent(
+        self.model, self.params, latents, samples_per_latent=per_latent, max_len=max_len,
+        **options))
+    rows = [(ids[r, 1:lengths[r] - 1].tolist(), float(scores[r])) for r in range(len(ids))]
+    grouped = [rows[b * per_latent:(b + 1) * per_latent] for b in range(len(latents))]
+    return [sorted(group, key=lambda row: -row[1]) for group in grouped]
+
+  def _candidate(self, tokens: list, score: float) -> Candidate:
+    """A Candidate with its Expression read as the original reads decoder output."""
+    return Candidate(tokens, score, generated_expression(tokens, self.env_cfg))
+
+  def _require(self, kind: str, what: str) -> None:
+    """A one-line ValueError when this model is not of `kind`."""
+    if self.kind != kind:
+      raise ValueError(f"{what} needs a {describe_kind(kind)}; this is a"
+                       f" {describe_kind(self.kind)}")
 
   # ---- shared ----
 
@@ -193,6 +269,19 @@ def _dataset_arrays(index: int, x, y) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
+def _check_decoding(method: str, beam_size: int, n_samples: int, temperature: float,
+                    max_len: int) -> None:
+  """One clear ValueError for a decoding option out of range."""
+  if method not in DECODING_METHODS:
+    raise ValueError(f"method must be one of {DECODING_METHODS}, got {method!r}")
+  for name, value, low in (("beam_size", beam_size, 1), ("n_samples", n_samples, 1),
+                           ("max_len", max_len, 2)):
+    if not (isinstance(value, int) and value >= low):
+      raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+  if not (isinstance(temperature, (int, float)) and temperature > 0):
+    raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
 def to_expression(item, max_int: int = 10) -> Expression:
   """An Expression from prefix text, infix text, a sympy expression or an Expression."""
   if isinstance(item, Expression):
@@ -209,18 +298,20 @@ def to_expression(item, max_int: int = 10) -> Expression:
 
 def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, batch_size: int = 64
                     ) -> Pretrained:
-  """A released `.pth` (read without torch) or a converted directory, ready to embed.
+  """A released `.pth` (read without torch), a converted directory or a training workdir.
 
-  A training workdir gives its latest checkpoint. Damaged input (zip CRC, array checksum or
-  NaN/inf) raises a one-line ValueError naming the file or step and the fix.
+  SNIP pretraining checkpoints embed points and equations; symbolic-regression (SR) ones
+  (snip-e2e-sr.pth) embed points and `generate` equations. A training workdir gives its latest
+  checkpoint. Damaged input (zip CRC, array checksum or NaN/inf) raises a one-line ValueError
+  naming the file or step and the fix.
   """
   from snip_jax.convert import converter  # pylint: disable=g-import-not-at-top
 
   path = pathlib.Path(path)
   if path.is_dir():
-    model_cfg, env_cfg, params = converter.load_converted(path, kind="snip")
+    model_cfg, env_cfg, params = converter.load_converted(path)
   elif path.exists():
-    model_cfg, env_cfg, params, _ = converter.read_pth(path, kind="snip")
+    model_cfg, env_cfg, params, _ = converter.read_pth(path)
   else:
     raise FileNotFoundError(f"{path} does not exist (expected a .pth file or a converted directory)")
   return Pretrained(model_cfg.replace(dtype=dtype), env_cfg, params, batch_size)

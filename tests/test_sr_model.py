@@ -159,9 +159,10 @@ def test_checkpoint_of_the_wrong_kind_is_named_in_one_line(path, kind, found, ex
   assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
-def test_load_pretrained_names_an_sr_checkpoint(tmp_path):
-  with pytest.raises(ValueError, match="is a SNIP symbolic-regression .*expected a SNIP pretrain"):
-    load_pretrained(SR_PTH)
+def test_load_pretrained_reads_an_sr_checkpoint_and_names_what_it_cannot_do(tmp_path):
   out = converter.convert_pth(SR_PTH, tmp_path / "sr")
-  with pytest.raises(ValueError, match="is a SNIP symbolic-regression .*expected a SNIP pretrain"):
-    load_pretrained(out)
+  for model in (load_pretrained(SR_PTH), load_pretrained(out)):
+    assert model.kind == "sr"
+    with pytest.raises(ValueError, match="embed_equations needs a SNIP pretraining checkpoint"
+                       r" .*this is a SNIP symbolic-regression \(SR\) checkpoint"):
+      model.embed_equations("x_0")

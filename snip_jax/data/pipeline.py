@@ -125,22 +125,23 @@ def corpus_samples(path: str | os.PathLike, env_cfg: EnvConfig) -> list[Sample]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _CollateSamples:
-  """A list of Samples -> one batch, as `collate` lays it out (target_property if all have one)."""
+class _ReadBatch:
+  """Example indices -> one batch: a CorpusSource's rows read at once and stacked, or Samples
+  collated as `collate` lays them out (target_property if all have one); picklable."""
 
-  env_cfg: EnvConfig
-  with_target: bool
+  source: Any
+  env_cfg: Optional[EnvConfig] = None
+  with_target: bool = True
 
-  def __call__(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
-    batch = collate(samples, self.env_cfg)
+  def __call__(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    indices = [int(i) for i in indices]
+    if self.env_cfg is None:
+      rows = self.source.__getitems__(indices)
+      return {k: np.stack([row[k] for row in rows]) for k in rows[0] if k != "tree"}
+    batch = collate([self.source[i] for i in indices], self.env_cfg)
     if not self.with_target:
       batch.pop("target_property", None)
     return batch
-
-
-def _stack_rows(rows: Sequence[dict]) -> dict[str, np.ndarray]:
-  """ArrayRecord rows -> one batch (the per-example `tree` string is left out)."""
-  return {k: np.stack([row[k] for row in rows]) for k in rows[0] if k != "tree"}
 
 
 def corpus_batches(source, batch_size: int, seed: int, *, env_cfg: Optional[EnvConfig] = None,
@@ -151,22 +152,21 @@ def corpus_batches(source, batch_size: int, seed: int, *, env_cfg: Optional[EnvC
 
   Each epoch is shuffled with (seed + epoch); process `shard_index` of `shard_count` takes every
   shard_count-th example of it (equal disjoint shares; the last n % shard_count are left out).
-  Epochs run back to back (a batch may span two); `num_epochs=None` repeats forever.
+  Epochs run back to back (a batch may span two); `num_epochs=None` repeats forever. A batch's
+  examples are read in one call (ArrayRecord's batched read).
   """
   _check_sharding(batch_size, shard_index, shard_count)
   per_shard = len(source) // shard_count
   if per_shard == 0:
     raise UserError(f"{len(source)} examples cannot be split into {shard_count} non-empty"
                     " shards")
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.range(len(source))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds[shard_index:per_shard * shard_count:shard_count].repeat(num_epochs)
-  if env_cfg is None:
-    return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_stack_rows)
-  with_target = all(s.target_property is not None for s in source)
+  with_target = env_cfg is None or all(s.target_property is not None for s in source)
   return ds.batch(batch_size, drop_remainder=drop_remainder,
-                  batch_fn=_CollateSamples(env_cfg, with_target))
+                  batch_fn=_ReadBatch(source, env_cfg, with_target))
 
 
 def _check_sharding(batch_size: int, shard_index: int, shard_count: int) -> None:
@@ -200,7 +200,8 @@ class Batches:
   def __init__(self, ds: grain.MapDataset, start: int, num_workers: int, read_threads: int,
                buffer: int, place: Optional[Callable[[Any], Any]]):
     self.next_index = start
-    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(1, buffer))
+    options = grain.ReadOptions(num_threads=read_threads,
+                                prefetch_buffer_size=max(1, buffer, read_threads))
     chain = ds.to_iter_dataset(options)
     if num_workers > 0:
       _mark_flags_parsed()

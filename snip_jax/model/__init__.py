@@ -5,7 +5,8 @@ from snip_jax.model.modules import (SNIP, SNIPSR, LinearPointEmbedder, Mapper, M
                                     MLPRegressor, SRDecoder, TransformerDecoder,
                                     TransformerEncoder, clip_logits, clip_loss, decoder_loss,
                                     decoder_target_mask, dummy_inputs, init_params)
-from snip_jax.model.state_dict import (MODULE_NAMES, SR_MODULE_NAMES, check_kind, expected_shapes,
+from snip_jax.model.state_dict import (MODULE_NAMES, SR_MODULE_NAMES, check_kind, describe_kind,
+                                       expected_shapes,
                                        model_kind, params_from_checkpoint, params_to_state_dicts,
                                        state_dicts_to_params)
 
@@ -13,6 +14,6 @@ __all__ = [
     "ModelConfig", "SNIP", "SNIPSR", "LinearPointEmbedder", "TransformerEncoder",
     "TransformerDecoder", "SRDecoder", "Mapper", "MLPRegressor", "MLPClassifier", "clip_logits",
     "clip_loss", "decoder_loss", "decoder_target_mask", "dummy_inputs", "init_params",
-    "MODULE_NAMES", "SR_MODULE_NAMES", "check_kind", "expected_shapes", "model_kind",
+    "MODULE_NAMES", "SR_MODULE_NAMES", "check_kind", "describe_kind", "expected_shapes", "model_kind",
     "params_from_checkpoint", "params_to_state_dicts", "state_dicts_to_params",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +26,24 @@ from snip_jax.model import SNIPSR
 Array = jax.Array
 
 
+class Decoded(NamedTuple):
+  """Decoded rows: ids [B, max_len] (BOS, tokens, <EOS>, <PAD>...), lengths [B] (BOS and <EOS>
+  included) and scores [B] (the sum of the generated tokens' log-probabilities, <EOS> included,
+  under the model at temperature 1)."""
+
+  ids: Array
+  lengths: Array
+  scores: Array
+
+
 def generate(model: SNIPSR, params: Any, src: Array, *, max_len: int = 200,
-             temperature: Optional[float] = None,
-             rng: Optional[Array] = None) -> tuple[Array, Array]:
-  """Decode from mapper outputs src [B, max_src_len, dim] -> (ids [B, max_len], lengths [B]).
+             temperature: Optional[float] = None, rng: Optional[Array] = None,
+             use_cache: bool = True) -> Decoded:
+  """Decode from mapper outputs src [B, max_src_len, dim].
 
   temperature None: greedy; else sampling at that temperature with `rng` (a jax key).
+  use_cache=False recomputes the whole buffer at every step (same tokens; for checks and
+  benchmarks).
   """
   if max_len < 2:
     raise ValueError(f"max_len must be >= 2 (BOS and <EOS>), got {max_len}")
@@ -40,48 +52,59 @@ def generate(model: SNIPSR, params: Any, src: Array, *, max_len: int = 200,
   if temperature is not None and rng is None:
     raise ValueError("sampling needs rng, a jax.random key")
   rng = jax.random.key(0) if rng is None else rng
-  return _generate(model, max_len, temperature, params, jnp.asarray(src), rng)
+  return _generate(model, max_len, temperature, use_cache, params, jnp.asarray(src), rng)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _generate(model: SNIPSR, max_len: int, temperature: Optional[float], params: Any,
-              src: Array, rng: Array) -> tuple[Array, Array]:
+def _next_logits(model: SNIPSR, use_cache: bool, params: Any, src: Array, ids: Array,
+                 position: Array, lengths: Array, cache: Any) -> tuple[Array, Any]:
+  """Logits [B, n_words] at `position`: one cached step, or the whole buffer recomputed."""
+  if use_cache:
+    return model.apply({"params": params}, ids[:, position], position, lengths > position, cache,
+                       method=lambda m, *a: m.decoder.decode_step(*a))
+
+  def recompute(m):
+    hidden = m.decoder(ids, lengths, src)
+    return m.decoder.logits(jax.lax.dynamic_index_in_dim(hidden, position, 1, False))
+
+  return model.apply({"params": params}, method=recompute), cache
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _generate(model: SNIPSR, max_len: int, temperature: Optional[float], use_cache: bool,
+              params: Any, src: Array, rng: Array) -> Decoded:
   """The decoding loop (lax.while_loop over positions; stops when every row has finished)."""
   cfg = model.cfg
   batch = src.shape[0]
-  cache = model.apply({"params": params}, src, max_len,
-                      method=lambda m, s, n: m.decoder.init_cache(s, n))
+  cache = _init_cache(model, max_len, params, src) if use_cache else ()
   ids = jnp.full((batch, max_len), cfg.eq_pad_id, jnp.int32).at[:, 0].set(cfg.eq_eos_id)
-  state = (jnp.int32(1), ids, jnp.ones((batch,), jnp.int32), jnp.ones((batch,), bool), cache)
+  state = (jnp.int32(1), ids, jnp.ones((batch,), jnp.int32), jnp.ones((batch,), bool),
+           jnp.zeros((batch,), jnp.float32), cache)
 
   def not_done(state):
-    cur_len, _, _, unfinished, _ = state
-    return (cur_len < max_len) & unfinished.any()
+    return (state[0] < max_len) & state[3].any()
 
   def step(state):
-    cur_len, ids, lengths, unfinished, cache = state
-    position = cur_len - 1
-    logits, cache = model.apply(
-        {"params": params}, ids[:, position], position, lengths > position, cache,
-        method=lambda m, *a: m.decoder.decode_step(*a))
+    cur_len, ids, lengths, unfinished, scores, cache = state
+    logits, cache = _next_logits(model, use_cache, params, src, ids, cur_len - 1, lengths, cache)
     logits = logits.astype(jnp.float32)
     if temperature is None:
       chosen = jnp.argmax(logits, axis=-1)
     else:
       chosen = jax.random.categorical(jax.random.fold_in(rng, cur_len), logits / temperature)
     chosen = jnp.where(unfinished, chosen.astype(jnp.int32), cfg.eq_pad_id)
+    log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), chosen[:, None], 1)[:, 0]
     ids = jax.lax.dynamic_update_slice_in_dim(ids, chosen[:, None], cur_len, axis=1)
     return (cur_len + 1, ids, lengths + unfinished, unfinished & (chosen != cfg.eq_eos_id),
-            cache)
+            scores + jnp.where(unfinished, log_p, 0.0), cache)
 
-  cur_len, ids, lengths, unfinished, _ = jax.lax.while_loop(not_done, step, state)
+  cur_len, ids, lengths, unfinished, scores, _ = jax.lax.while_loop(not_done, step, state)
   cut = unfinished & (cur_len == max_len)
   ids = ids.at[:, max_len - 1].set(jnp.where(cut, cfg.eq_eos_id, ids[:, max_len - 1]))
-  return ids, lengths
+  return Decoded(ids, lengths, scores)
 
 
 def generate_from_latent(model: SNIPSR, params: Any, latents: Array, *,
-                         samples_per_latent: int = 1, **options) -> tuple[Array, Array]:
+                         samples_per_latent: int = 1, **options) -> Decoded:
   """Latents [B, latent_dim] -> `samples_per_latent` decodings each, [B * samples, max_len].
 
   Rows b * samples ... (b + 1) * samples - 1 come from latent b; options as `generate`.
