@@ -226,6 +226,16 @@ def _pretrain(config, workdir: str) -> int:
   return EXIT_PREEMPTED if metrics["preempted"] else 0
 
 
+def _sr(config, workdir: str) -> int:
+  """Symbolic-regression training (mapper and decoder on SNIP's encoder); 75 if preempted."""
+  from snip_jax.tasks import sr  # pylint: disable=g-import-not-at-top
+
+  sr.validate_config(config, workdir)
+  metrics = sr.train_and_evaluate(config, workdir)
+  _print_run(config.job, metrics)
+  return EXIT_PREEMPTED if metrics["preempted"] else 0
+
+
 def _proppred(config, workdir: str) -> int:
   """Property-prediction training, then the test report; 75 if SIGTERM stopped it."""
   from snip_jax.tasks import proppred  # pylint: disable=g-import-not-at-top
@@ -248,7 +258,8 @@ def _proppred_eval(config, workdir: str) -> int:
   return 0
 
 
-_JOBS = {"export": _export, "convert": _convert, "pretrain": _pretrain, "proppred": _proppred,
+_JOBS = {"export": _export, "convert": _convert, "pretrain": _pretrain, "sr": _sr,
+         "proppred": _proppred,
          "proppred_eval": _proppred_eval}
 
 

@@ -164,11 +164,12 @@ LEAF_CHECK = """
 import json, sys
 from absl import flags
 from snip_jax import cli
-from snip_jax.configs import convert, export, pretrain, proppred
+from snip_jax.configs import convert, export, pretrain, proppred, sr
 proppred_args = [f"{p},{v}{r}" for p in export.PROPERTY_TYPES for v in proppred.VARIANTS
                  for r in ("", ",runlocal")]
 for module, args in ((convert, [""]), (export, ["d1", "d10", "runlocal", *export.PROPERTY_TYPES]),
-                     (pretrain, ["d1", "d10", "runlocal"]), (proppred, proppred_args)):
+                     (pretrain, ["d1", "d10", "runlocal"]), (proppred, proppred_args),
+                     (sr, ["d10", "runlocal"])):
   for arg in args:
     module.get_config(arg)
 flags.FLAGS(["snip-jax", "--config=proppred:ncr,frozen,runlocal", "--workdir=unused"])
@@ -187,3 +188,20 @@ def test_presets_and_flag_parsing_import_no_jax(tmp_path):
   heavy = [m for m in json.loads(done.stdout)
            if any(m == h or m.startswith(f"{h}.") for h in HEAVY_MODULES)]
   assert not heavy, heavy
+
+
+def test_sr_preset_builds_the_released_sr_model_with_the_published_recipe():
+  from configs import sr as sr_configs
+  from snip_jax.model import expected_shapes
+
+  manifest = json.loads((FIXTURES.parent / "snip_sr_original" / "sr_state_dict_manifest.json")
+                        .read_text())
+  config = sr_configs.get_config("d10")
+  _, model_cfg = _built(config)
+  shapes = {m: {k: tuple(v["shape"]) for k, v in manifest["modules"][m].items()}
+            for m in manifest["modules"]}
+  assert {m: dict(d) for m, d in expected_shapes(model_cfg, "sr").items()} == shapes
+  assert (config.train.batch_size, config.optim.lr, config.optim.warmup_updates,
+          config.optim.clip_grad_norm) == (64, 4e-5, 10_000, 0.5)
+  assert tuple(config.train.trainable) == ("mapper",)
+  assert tuple(config.train.init_modules) == ("embedder", "encoder_y")

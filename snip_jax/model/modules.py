@@ -649,6 +649,13 @@ def decoder_target_mask(equation_lengths: Array, slen: int) -> Array:
   return jnp.arange(slen)[None, :] < equation_lengths[:, None] - 1
 
 
+def decoder_token_accuracy(logits: Array, equations: Array, equation_lengths: Array) -> Array:
+  """Share of target tokens (as in decoder_loss) that are the arg-max of their logits."""
+  mask = decoder_target_mask(equation_lengths, logits.shape[1])[:, :-1]
+  hits = jnp.argmax(logits[:, :-1], axis=-1) == equations[:, 1:]
+  return jnp.sum(hits & mask) / jnp.sum(mask)
+
+
 def decoder_loss(logits: Array, equations: Array, equation_lengths: Array) -> Array:
   """Mean next-token cross-entropy over the targets, as the original's `predict`."""
   slen = logits.shape[1]

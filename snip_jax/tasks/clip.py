@@ -39,7 +39,7 @@ SOURCES = ("generate", "jsonl", "tfds")
 def validate_config(config, workdir: str) -> None:
   """The loop's checks plus the data source and the held-out set (UserError if wrong)."""
   env_cfg = trainer.validate_config(config, workdir, EVAL_METRICS)
-  _check_eval_set(config.eval)
+  validate_eval_set(config.eval)
   data = config.data
   checks.one_of(data.source, SOURCES, "data.source")
   if data.source == "jsonl":
@@ -55,7 +55,7 @@ def validate_config(config, workdir: str) -> None:
   trainer.check_devices(config)
 
 
-def _check_eval_set(ev) -> None:
+def validate_eval_set(ev) -> None:
   """eval.n_samples must be a positive multiple of eval.batch_size (whole eval batches)."""
   checks.at_least(1, ev, "eval", "n_samples", "batch_size")
   checks.multiple_of(ev.n_samples, ev.batch_size, "eval.n_samples", "eval.batch_size")
@@ -81,15 +81,16 @@ def training_batches(config, env_cfg: EnvConfig) -> grain.MapDataset:
   raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
 
 
-def eval_batches(config, env_cfg: EnvConfig) -> list[dict]:
-  """This process's rows of the held-out generated set, in eval batches."""
+def eval_batches(config, env_cfg: EnvConfig,
+                 keys: tuple[str, ...] = BATCH_KEYS) -> list[dict]:
+  """This process's rows of the held-out generated set, in eval batches (arrays `keys`)."""
   n, bs = config.eval.n_samples, config.eval.batch_size
-  _check_eval_set(config.eval)
+  validate_eval_set(config.eval)
   start = time.time()
   ds = pipeline.generated_batches(env_cfg, seed=config.train.seed + config.eval.seed_offset,
                                   batch_size=bs)
   with pipeline.iterate(ds, stop=n // bs, num_workers=config.train.num_workers) as batches:
-    full = [{k: b[k] for k in BATCH_KEYS} for b in batches]
+    full = [{k: b[k] for k in keys} for b in batches]
   logging.info("generated the eval set: %d samples in %.1f s", n, time.time() - start)
   rows = trainer.local_batch_size(bs, "eval.batch_size")
   offset = jax.process_index() * rows

@@ -85,6 +85,8 @@ def log_progress(step: int, tc, train_log: dict[str, float]) -> None:
   eta_s = (tc.num_train_steps - step) * train_log["step_time_s"]
   accuracies = (f" acc f2y {train_log['accuracy_f2y']:.3f} y2f {train_log['accuracy_y2f']:.3f}"
                 if "accuracy_f2y" in train_log else "")
+  if "token_accuracy" in train_log:
+    accuracies = f" token acc {train_log['token_accuracy']:.3f}"
   logging.info("step %d/%d (epoch %.2f) loss %.4f%s lr %.3g | %.1f samples/s, ETA %s", step,
                tc.num_train_steps, step / tc.n_steps_per_epoch, train_log["loss"], accuracies,
                train_log.get("lr", float("nan")), train_log["samples_per_s"],

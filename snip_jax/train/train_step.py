@@ -37,7 +37,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from snip_jax.model import MODULE_NAMES, SNIP, ModelConfig, clip_logits, clip_loss
+from snip_jax.model import (MODULE_NAMES, SNIP, SNIPSR, SR_MODULE_NAMES, ModelConfig, clip_logits,
+                            clip_loss, decoder_loss, decoder_token_accuracy, model_kind)
 
 DATA_AXIS = "data"
 CLIP_TRAINABLE = ("embedder", "encoder_y", "encoder_f")  # the original's CLIP step
@@ -70,13 +71,14 @@ def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
-def _check_trainable(trainable: Sequence[str]) -> tuple[str, ...]:
-  """The trainable module names as a tuple in MODULE_NAMES order; unknown names raise."""
-  unknown = [m for m in trainable if m not in MODULE_NAMES]
+def _check_trainable(trainable: Sequence[str],
+                     modules: Sequence[str] = MODULE_NAMES) -> tuple[str, ...]:
+  """The trainable module names as a tuple in `modules` order; unknown names raise."""
+  unknown = [m for m in trainable if m not in modules]
   if unknown or not trainable:
-    raise ValueError(f"trainable must name some of {', '.join(MODULE_NAMES)}; got"
+    raise ValueError(f"trainable must name some of {', '.join(modules)}; got"
                      f" {tuple(trainable)!r}")
-  return tuple(m for m in MODULE_NAMES if m in trainable)
+  return tuple(m for m in modules if m in trainable)
 
 
 def _split(params: Any, trainable: tuple[str, ...]) -> tuple[dict, dict]:
@@ -101,15 +103,17 @@ def create_train_state(model_cfg: ModelConfig, params: Any,
   scalar initialised to log(model_cfg.clip_temperature); otherwise it is the fixed
   clip_temperature, as in the original.
   """
-  missing = [m for m in MODULE_NAMES if m not in params]
+  modules = SR_MODULE_NAMES if model_kind(params) == "sr" else MODULE_NAMES
+  missing = [m for m in modules if m not in params]
   if missing:
-    raise ValueError(f"params lack module(s) {', '.join(missing)}: pass the full SNIP params"
-                     " tree (params_from_checkpoint or init_params)")
+    raise ValueError(f"params lack module(s) {', '.join(missing)}: pass the full params tree"
+                     " (params_from_checkpoint or init_params)")
   params = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32), params)
   log_temperature = (jnp.asarray(math.log(model_cfg.clip_temperature), jnp.float32)
                      if learnable_temperature else None)
   state = TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=None,
-                     log_temperature=log_temperature, trainable=_check_trainable(trainable))
+                     log_temperature=log_temperature,
+                     trainable=_check_trainable(trainable, modules))
   return state.replace(opt_state=optimizer.init(trainables(state)))
 
 
@@ -151,20 +155,39 @@ def _property_objective(model: SNIP, normalize: bool, params: dict,
   return loss, {"loss": loss}
 
 
+def _equation_objective(model: SNIPSR, normalize: bool, params: dict,
+                        log_temperature: Optional[jax.Array], batch: Batch, rng: jax.Array,
+                        deterministic: bool) -> tuple[jax.Array, Metrics]:
+  """Symbolic regression's loss: next-token cross-entropy of the equation given the points
+  (the original's mean over all target tokens of the batch), and the token accuracy."""
+  del normalize, log_temperature
+  logits = model.apply({"params": params}, batch["points"], batch["n_points"],
+                       batch["equations"], batch["equation_lengths"],
+                       deterministic=deterministic, rngs={"dropout": rng})
+  loss = decoder_loss(logits, batch["equations"], batch["equation_lengths"])
+  return loss, {"loss": loss, "token_accuracy": decoder_token_accuracy(
+      logits, batch["equations"], batch["equation_lengths"])}
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """What the steps optimise: the batch arrays they read, (loss, metrics) of a batch."""
+  """What the steps optimise: the batch arrays they read, (loss, metrics) of a batch, and the
+  model (class and module names) it trains."""
 
   batch_keys: tuple[str, ...]
   metric_names: tuple[str, ...]
   loss_and_metrics: Callable[..., tuple[jax.Array, Metrics]]
   uses_temperature: bool
+  model: type = SNIP
+  modules: tuple[str, ...] = MODULE_NAMES
 
 
 CLIP = Objective(BATCH_KEYS, ("loss", "accuracy_f2y", "accuracy_y2f"), _clip_objective,
                  uses_temperature=True)
 PROPERTY = Objective(PROPERTY_BATCH_KEYS, ("loss",), _property_objective,
                      uses_temperature=False)
+EQUATION = Objective(BATCH_KEYS, ("loss", "token_accuracy"), _equation_objective,
+                     uses_temperature=False, model=SNIPSR, modules=SR_MODULE_NAMES)
 
 
 def _objective_of(objective: Objective, model: SNIP, normalize: bool, train: dict, frozen: dict,
@@ -188,7 +211,7 @@ def _micro_batches(batch: Batch, k: int, mesh: Mesh) -> Batch:
 def _grads_fn(model_cfg: ModelConfig, mesh: Mesh, trainable: tuple[str, ...], normalize: bool,
               grad_accum_steps: int, objective_spec: Objective) -> Callable:
   """(state, batch, rng) -> (grads over `trainables(state)`, metrics), not jitted."""
-  model = SNIP(model_cfg)
+  model = objective_spec.model(model_cfg)
 
   def objective(train, frozen, batch, rng):
     return _objective_of(objective_spec, model, normalize, train, frozen, batch, rng,
@@ -231,12 +254,12 @@ def _check_state(state: TrainState, trainable: tuple[str, ...]) -> None:
                      " create_train_state and make_train_step")
 
 
-def _check_options(trainable: Sequence[str], grad_accum_steps: int
+def _check_options(trainable: Sequence[str], grad_accum_steps: int, objective: Objective
                    ) -> tuple[tuple[str, ...], int]:
   """Validated (trainable, grad_accum_steps)."""
   if int(grad_accum_steps) < 1:
     raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
-  return _check_trainable(trainable), int(grad_accum_steps)
+  return _check_trainable(trainable, objective.modules), int(grad_accum_steps)
 
 
 def _shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
@@ -275,7 +298,7 @@ def make_grad_fn(model_cfg: ModelConfig, mesh: Mesh, *,
 
   `grads` has the structure of `trainables(state)`; for checking gradients and debugging.
   """
-  trainable, grad_accum_steps = _check_options(trainable, grad_accum_steps)
+  trainable, grad_accum_steps = _check_options(trainable, grad_accum_steps, objective)
   normalize = model_cfg.normalize_latents if normalize_latents is None else normalize_latents
   replicated, split = _shardings(mesh)
   jitted = jax.jit(_grads_fn(model_cfg, mesh, trainable, normalize, grad_accum_steps,
@@ -311,7 +334,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
   i.e. the rate this update uses. With `objective=PROPERTY` the batch holds equations,
   equation_lengths and target_property [B], and the metrics are loss (MSE), grad_norm, lr.
   """
-  trainable, grad_accum_steps = _check_options(trainable, grad_accum_steps)
+  trainable, grad_accum_steps = _check_options(trainable, grad_accum_steps, objective)
   normalize = model_cfg.normalize_latents if normalize_latents is None else normalize_latents
   grads_fn = _grads_fn(model_cfg, mesh, trainable, normalize, grad_accum_steps, objective)
 
@@ -355,7 +378,7 @@ def make_eval_step(model_cfg: ModelConfig, mesh: Mesh, *,
   make_train_step. For `objective=PROPERTY`: the loss (MSE) only.
   """
   normalize = model_cfg.normalize_latents if normalize_latents is None else normalize_latents
-  model = SNIP(model_cfg)
+  model = objective.model(model_cfg)
 
   def eval_step(state, batch):
     train, frozen = trainables(state), _split(state.params, state.trainable)[1]

@@ -62,6 +62,9 @@ _COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Model options that may differ from an init_from checkpoint's (no effect on the weights).
 _FREE_MODEL_OPTIONS = ("dtype", "normalize_latents", "dropout", "attention_dropout",
                        "clip_temperature", "pool_over_padding", "attention")
+# Options of the decoder side only: free when init_from copies no decoder or mapper.
+DECODER_OPTIONS = ("dec_emb_dim", "n_dec_layers", "n_dec_heads", "n_dec_hidden_layers",
+                   "share_inout_emb", "max_src_len")
 TRANSFER_GUARDS = ("allow", "log", "disallow")
 
 
@@ -121,7 +124,14 @@ def model_config(config, env_cfg: EnvConfig) -> ModelConfig:
                               dtype=_COMPUTE_DTYPES[dtype])
 
 
-def load_init_from(config, model_cfg: ModelConfig) -> Optional[tuple[ModelConfig, Any]]:
+def _free_options(modules: Optional[Sequence[str]]) -> tuple[str, ...]:
+  """The options init_from's weights may differ in when it provides `modules` (None: all)."""
+  encoder_side = modules is not None and not {"decoder", "mapper"} & set(modules)
+  return _FREE_MODEL_OPTIONS + (DECODER_OPTIONS if encoder_side else ())
+
+
+def load_init_from(config, model_cfg: ModelConfig,
+                   modules: Optional[Sequence[str]] = None) -> Optional[tuple[ModelConfig, Any]]:
   """(its model config, its params) of `train.init_from`, checked to fit; None without one.
 
   `train.init_from` is a converted directory (launch.py convert job) or a workdir of ours
@@ -130,16 +140,17 @@ def load_init_from(config, model_cfg: ModelConfig) -> Optional[tuple[ModelConfig
   if not config.train.init_from:
     return None
   loaded_cfg, _, loaded = load_converted(config.train.init_from)
-  check_compatible(model_cfg, loaded_cfg, config.train.init_from)
+  check_compatible(model_cfg, loaded_cfg, config.train.init_from, _free_options(modules))
   return loaded_cfg, loaded
 
 
 def initial_params(config, model_cfg: ModelConfig, rng: jax.Array,
                    modules: Optional[Sequence[str]] = None,
-                   loaded: Optional[tuple[ModelConfig, Any]] = None) -> Any:
-  """Fresh params, with `modules` (default all) from `train.init_from` (or `loaded` from it)."""
-  fresh = init_params(SNIP(model_cfg), rng)
-  loaded = loaded or load_init_from(config, model_cfg)
+                   loaded: Optional[tuple[ModelConfig, Any]] = None, model_class=SNIP) -> Any:
+  """Fresh params of `model_class`, with `modules` (default all) from `train.init_from` (or
+  `loaded` from it)."""
+  fresh = init_params(model_class(model_cfg), rng)
+  loaded = loaded or load_init_from(config, model_cfg, modules)
   if loaded is None:
     return fresh
   loaded = loaded[1]
@@ -148,9 +159,11 @@ def initial_params(config, model_cfg: ModelConfig, rng: jax.Array,
   return {m: loaded[m] if m in modules else p for m, p in fresh.items()}
 
 
-def check_compatible(model_cfg: ModelConfig, loaded_cfg: ModelConfig, source: str) -> None:
-  """Raise naming every model/vocabulary option where `source`'s weights differ from the config."""
-  wanted = model_cfg.replace(**{k: getattr(loaded_cfg, k) for k in _FREE_MODEL_OPTIONS})
+def check_compatible(model_cfg: ModelConfig, loaded_cfg: ModelConfig, source: str,
+                     free: Sequence[str] = _FREE_MODEL_OPTIONS) -> None:
+  """Raise naming every model/vocabulary option where `source`'s weights differ from the config
+  (except the `free` ones)."""
+  wanted = model_cfg.replace(**{k: getattr(loaded_cfg, k) for k in free})
   if wanted == loaded_cfg:
     return
   diffs = [f"{f.name}: config {getattr(wanted, f.name)!r} vs checkpoint"
@@ -193,7 +206,8 @@ def local_batch_size(batch_size: int, option: str = "train.batch_size") -> int:
 # ------------------------------------------------------------------------- validation
 
 
-def validate_config(config, workdir: str, eval_metrics: Sequence[str]) -> EnvConfig:
+def validate_config(config, workdir: str, eval_metrics: Sequence[str],
+                    init_modules: Optional[Sequence[str]] = None) -> EnvConfig:
   """Check the loop's settings, init_from and the workdir before anything is built or written.
 
   Raises UserError naming the first wrong setting; returns the EnvConfig. The batch sizes
@@ -213,7 +227,7 @@ def validate_config(config, workdir: str, eval_metrics: Sequence[str]) -> EnvCon
     model_cfg = model_config(config, env_cfg)
     make_optimizer(config.optim)
   if tc.init_from:
-    _check_init_from(tc.init_from, model_cfg)
+    _check_init_from(tc.init_from, model_cfg, init_modules)
   return env_cfg
 
 
@@ -225,7 +239,8 @@ def check_devices(config) -> None:
   local_batch_size(config.eval.batch_size, "eval.batch_size")
 
 
-def _check_init_from(path: str, model_cfg: ModelConfig) -> None:
+def _check_init_from(path: str, model_cfg: ModelConfig,
+                     modules: Optional[Sequence[str]] = None) -> None:
   """train.init_from holds a config.json whose model fits `model_cfg` (the weights load later)."""
   source = checks.readable(path, "train.init_from", "dir",
                            hint="a converted checkpoint or a training workdir")
@@ -235,7 +250,7 @@ def _check_init_from(path: str, model_cfg: ModelConfig) -> None:
                     f" workdir (no {CONFIG_FILE}); convert a .pth first: python -m"
                     " snip_jax.convert --pth FILE --out DIR")
   saved_model = json.loads(saved.read_text())["model"]
-  check_compatible(model_cfg, model_config_from_json(saved_model), path)
+  check_compatible(model_cfg, model_config_from_json(saved_model), path, _free_options(modules))
 
 
 def global_batch(local: dict, sharding: NamedSharding,
@@ -330,9 +345,10 @@ def _initial_state(config, model_cfg: ModelConfig, mesh, task: Task, optimizer) 
   from model.clip_temperature.
   """
   tc = config.train
-  loaded = load_init_from(config, model_cfg)
+  loaded = load_init_from(config, model_cfg, task.init_modules)
   init_rng = jax.random.split(jax.random.key(tc.seed))[0]
-  params = initial_params(config, model_cfg, init_rng, task.init_modules, loaded)
+  params = initial_params(config, model_cfg, init_rng, task.init_modules, loaded,
+                          task.objective.model)
   start_cfg = model_cfg
   if loaded is not None and tc.learnable_temperature:
     start_cfg = model_cfg.replace(clip_temperature=loaded[0].clip_temperature)
@@ -409,7 +425,7 @@ class _TrainingRun:
       if self.preempted:
         break
       if self._is_event(tc.log_every_steps):
-        self._log(window, window_start, time.time() - t_log)
+        self._log(window, window_start, t_log)
         window, window_start, t_log = [], self.step, time.time()
       t_log += self._evaluate_and_save(window, window_start)
     self._finish(window, window_start)
@@ -424,10 +440,14 @@ class _TrainingRun:
     """Whether this step is a multiple of `every` or the last one."""
     return self.step % every == 0 or self.step == self.config.train.num_train_steps
 
-  def _log(self, window: list[dict], window_start: int, elapsed: float) -> None:
-    """Fetch the interval's metrics once, check them, write and print their means."""
+  def _log(self, window: list[dict], window_start: int, t_start: float) -> None:
+    """Fetch the interval's metrics once, check them, write and print their means.
+
+    The fetch waits for the interval's last step, so the time taken counts the computation.
+    """
     tc = self.config.train
     fetched = jax.device_get(window)
+    elapsed = time.time() - t_start
     _check_finite_losses(fetched, window_start, self.manager)
     n = self.step - window_start
     self.train_log = metrics.mean_metrics(fetched)
