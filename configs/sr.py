@@ -9,6 +9,10 @@
       --config.train.init_modules=embedder,encoder_y,decoder,mapper \
       --config.train.trainable=mapper,decoder
 
+  # the fit command: an equation for one CSV column (results.json, pred_vs_true.png)
+  python launch.py --config=configs/sr.py:fit --workdir=OUT --config.data.csv=FILE \
+      --config.data.target=COLUMN --config.model_path=snip-e2e-sr.pth
+
 Presets: `d10` (run_train.sh: input dimension 1-10, latent 512, a 16-layer decoder of width 512,
 batch 64, lr 4e-5, adam_inverse_sqrt with 10k warmup, clip 0.5; embedder and encoder_y from
 init_from and frozen), `runlocal` (tiny, a few CPU minutes). Which modules learn is explicit
@@ -25,11 +29,39 @@ from snip_jax.configs import pretrain
 SR_MODULES = ("embedder", "encoder_y", "decoder", "mapper")
 
 
+def fit_config() -> ml_collections.ConfigDict:
+  """The fit command: SNIPRegressor on a CSV (its options: snip_jax.sr.regressor)."""
+  config = ml_collections.ConfigDict()
+  config.job = "sr_fit"
+  config.seed = 0  # train/test split, subsets and sampling
+  config.model_path = ""  # an SR .pth, its converted directory or an SR training workdir
+  config.data = ml_collections.ConfigDict()
+  config.data.csv = ""  # a CSV with a header row; every column numeric
+  config.data.target = ""  # the column to predict; all others are features
+  config.data.test_fraction = 0.25
+  config.fit = ml_collections.ConfigDict()
+  config.fit.decoding = "sample"  # or "greedy", "beam"
+  config.fit.n_candidates = 10
+  config.fit.temperature = 0.1
+  config.fit.max_len = 200
+  config.fit.refine = True  # BFGS on the constants
+  config.fit.lso = False  # latent-space search (Grey Wolf) after direct decoding
+  config.fit.lso_iterations = 80
+  config.fit.lso_pop_size = 50
+  config.fit.lso_samples = 2
+  config.fit.stop_r2 = 0.99
+  config.fit.time_budget = 0.0  # seconds for the search; 0: none
+  config.lock()
+  return config
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  """The SR training job; ARG d10 (default) or runlocal."""
+  """The SR training job; ARG d10 (default) or runlocal; `fit` is the fit command."""
   preset = arg or "d10"
+  if preset == "fit":
+    return fit_config()
   if preset not in ("d10", "runlocal"):
-    raise ValueError(f"unknown preset {preset!r}; use d10 or runlocal")
+    raise ValueError(f"unknown preset {preset!r}; use d10, runlocal or fit")
   config = pretrain.get_config(preset)
   config.unlock()
   config.job = "sr"

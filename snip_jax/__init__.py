@@ -8,3 +8,12 @@ def load_pretrained(path, **kwargs):
   from snip_jax.pretrained import load_pretrained as _load  # pylint: disable=g-import-not-at-top
 
   return _load(path, **kwargs)
+
+
+def __getattr__(name):
+  """`snip_jax.SNIPRegressor`, imported on first use (it pulls in JAX and scikit-learn)."""
+  if name == "SNIPRegressor":
+    from snip_jax.sr.regressor import SNIPRegressor  # pylint: disable=g-import-not-at-top
+
+    return SNIPRegressor
+  raise AttributeError(f"module 'snip_jax' has no attribute {name!r}")

@@ -9,6 +9,7 @@ Every job validates its config, data sources and workdir before building anythin
 
 import logging as pylogging
 import os
+import pathlib
 import signal
 import sys
 import threading
@@ -236,6 +237,20 @@ def _sr(config, workdir: str) -> int:
   return EXIT_PREEMPTED if metrics["preempted"] else 0
 
 
+def _sr_fit(config, workdir: str) -> int:
+  """Symbolic regression of a CSV column (SNIPRegressor): equation, R², results.json, plot."""
+  from snip_jax.tasks import sr_fit  # pylint: disable=g-import-not-at-top
+
+  sr_fit.validate_config(config, workdir)
+  results = sr_fit.run_fit(config, workdir)
+  print(f"equation: {results['equation']}")
+  print(f"variables: {', '.join(f'{k} = {v}' for k, v in results['variables'].items())}")
+  print(f"train R2 {results['train_r2']:.4f} ({results['n_train']} rows), test R2"
+        f" {results['test_r2']:.4f} ({results['n_test']} rows)")
+  print(f"results: {pathlib.Path(workdir).absolute() / sr_fit.RESULTS_FILE}")
+  return 0
+
+
 def _proppred(config, workdir: str) -> int:
   """Property-prediction training, then the test report; 75 if SIGTERM stopped it."""
   from snip_jax.tasks import proppred  # pylint: disable=g-import-not-at-top
@@ -259,7 +274,7 @@ def _proppred_eval(config, workdir: str) -> int:
 
 
 _JOBS = {"export": _export, "convert": _convert, "pretrain": _pretrain, "sr": _sr,
-         "proppred": _proppred,
+         "sr_fit": _sr_fit, "proppred": _proppred,
          "proppred_eval": _proppred_eval}
 
 

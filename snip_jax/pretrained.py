@@ -182,6 +182,16 @@ class Pretrained:
            for dataset in rows]
     return out[0] if single else out
 
+  def decode_latents(self, latents, *, n_samples: int = 2, temperature: float = 0.1,
+                     seed: int = 0, max_len: int = 200) -> list:
+    """Per latent [B, latent_dim], the Expressions (None if invalid) of `n_samples` sampled
+    decodings, in one batched call (latent-space search decodes its population this way)."""
+    self._require("sr", "decode_latents")
+    rows = self._sampled(np.asarray(latents), "sample", n_samples, temperature, seed, max_len)
+    words = build_vocab(self.env_cfg).equation_id2word
+    return [[generated_expression([words[i] for i in ids], self.env_cfg) for ids, _ in group]
+            for group in rows]
+
   def _sampled(self, latents, method, n_samples, temperature, seed, max_len) -> list:
     """Per dataset [(ids without BOS/<EOS>, score)] of greedy or sampled rows, best first."""
     per_latent = 1 if method == "greedy" else n_samples

@@ -169,7 +169,7 @@ proppred_args = [f"{p},{v}{r}" for p in export.PROPERTY_TYPES for v in proppred.
                  for r in ("", ",runlocal")]
 for module, args in ((convert, [""]), (export, ["d1", "d10", "runlocal", *export.PROPERTY_TYPES]),
                      (pretrain, ["d1", "d10", "runlocal"]), (proppred, proppred_args),
-                     (sr, ["d10", "runlocal"])):
+                     (sr, ["d10", "runlocal", "fit"])):
   for arg in args:
     module.get_config(arg)
 flags.FLAGS(["snip-jax", "--config=proppred:ncr,frozen,runlocal", "--workdir=unused"])

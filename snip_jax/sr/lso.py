@@ -17,6 +17,7 @@ sort; the whole population is scored per call instead of member by member.
 """
 
 import dataclasses
+import time
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -67,6 +68,7 @@ class LSOOptions:
       discards it: False reproduces that).
     max_radius: latent perturbations are `z + r·N(0, I)` with r ~ U(0, max_radius).
     max_input_points: sub-samples have n // 2 points, or this many when n > 10× it.
+    time_limit: (ours) seconds for the search; it stops after the iteration that passes it.
   """
   pop_size: int = 50
   max_iterations: int = 80
@@ -75,6 +77,7 @@ class LSOOptions:
   use_noise: bool = False
   max_radius: float = 2.0
   max_input_points: int = 200
+  time_limit: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -195,6 +198,7 @@ def _search(decode_and_score: DecodeAndScore, population: np.ndarray, options: L
   """Evaluate, record the best, stop above `stop_r2`, else ask `propose` for the next batch."""
   result = LSOResult(None, -np.inf, 0, [], 0, [])
   pop = np.asarray(population)
+  deadline = np.inf if options.time_limit is None else time.perf_counter() + options.time_limit
   for t in range(options.max_iterations):
     equations, r2, candidates = decode_and_score(pop, options.samples_per_member)
     r2 = np.asarray(r2, np.float64)
@@ -205,7 +209,7 @@ def _search(decode_and_score: DecodeAndScore, population: np.ndarray, options: L
     result.iterations, result.evaluations = t + 1, result.evaluations + len(pop)
     result.history.append(result.r2)
     result.candidates.extend(candidates)
-    if result.r2 > options.stop_r2:
+    if result.r2 > options.stop_r2 or time.perf_counter() > deadline:
       break
     pop = propose(t, pop, member_fitness(r2))
   return result

@@ -343,8 +343,14 @@ def _with_constants(nodes: Sequence[Node], constants: np.ndarray) -> Expression:
 
 
 def _scores(expr: Expression, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-  """(mse, r2) over all rows; r2 as sklearn (averaged over outputs), −inf if not finite."""
-  pred = expr.evaluate(x)
+  """(mse, r2) of `expr` over all rows (see fit_scores)."""
+  return fit_scores(y, expr.evaluate(x))
+
+
+def fit_scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+  """(mse, r2) of predictions [n, k] of y [n, k]; r2 as sklearn (averaged over outputs);
+  (inf, −inf) if any prediction is not finite."""
+  y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
   if not np.all(np.isfinite(pred)):
     return np.inf, -np.inf
   ss_res = np.sum((y - pred) ** 2, axis=0)

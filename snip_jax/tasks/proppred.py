@@ -38,7 +38,7 @@ from snip_jax.data.corpus import read_corpus, scan_corpus
 from snip_jax.errors import UserError
 from snip_jax.model import SNIP, ModelConfig
 from snip_jax.symbolic.config import PROPERTY_TYPES, EnvConfig, env_config_from
-from snip_jax.train import trainer
+from snip_jax.train import plots, trainer
 from snip_jax.train.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from snip_jax.train.train_step import PROPERTY, TrainState
 
@@ -356,8 +356,10 @@ def report(config, workdir: str | os.PathLike) -> dict[str, Any]:
     np.savez(out / "predictions.npz", target=test_set.target_property, prediction=predictions,
              latent=latents)
     title = f"{env_cfg.property_type}, {config.task.variant}"
-    results["plots"] = [str(plot_scatter(test_set.target_property, predictions,
-                                         out / "scatter.png", title, results["metrics"])),
+    metrics = results["metrics"]
+    scatter_title = f"{title}: R2 {metrics['r2']:.3f}, NMSE {metrics['nmse']:.3f}"
+    results["plots"] = [str(plots.plot_scatter(test_set.target_property, predictions,
+                                               out / "scatter.png", scatter_title)),
                         str(plot_latent_map(latents, test_set.target_property,
                                             out / "latents_pca.png", title))]
   logging.info("property %s (%s) on %d test samples: %s | chance: %s", env_cfg.property_type,
@@ -380,37 +382,10 @@ def pca_2d(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return centred @ axes[:2].T, ratio
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  return plt
-
-
-def plot_scatter(y_true: np.ndarray, y_pred: np.ndarray, path: pathlib.Path, title: str,
-                 metrics: dict[str, float]) -> pathlib.Path:
-  """Predicted against true values with the identity line."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(5, 5))
-  ax.scatter(y_true, y_pred, s=6, alpha=0.5)
-  low, high = min(y_true.min(), y_pred.min()), max(y_true.max(), y_pred.max())
-  ax.plot([low, high], [low, high], color="black", lw=1)
-  ax.set_xlabel("true")
-  ax.set_ylabel("predicted")
-  ax.set_title(f"{title}: R2 {metrics['r2']:.3f}, NMSE {metrics['nmse']:.3f}")
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
-
-
 def plot_latent_map(latents: np.ndarray, values: np.ndarray, path: pathlib.Path,
                     title: str) -> pathlib.Path:
   """The latents' 2-D PCA, coloured by the property (the paper's latent-space figures)."""
-  plt = _pyplot()
+  plt = plots.pyplot()
   projected, ratio = pca_2d(latents)
   fig, ax = plt.subplots(figsize=(6, 5))
   points = ax.scatter(projected[:, 0], projected[:, 1], c=values, s=6, cmap="viridis")

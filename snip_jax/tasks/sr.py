@@ -23,6 +23,7 @@ from snip_jax.errors import UserError
 from snip_jax.model import SNIPSR, SR_MODULE_NAMES, ModelConfig
 from snip_jax.sr import decoding
 from snip_jax.symbolic.config import EnvConfig
+from snip_jax.symbolic.refine import fit_scores
 from snip_jax.symbolic.tokenizers import build_vocab, generated_expression
 from snip_jax.tasks import clip
 from snip_jax.train import trainer
@@ -46,15 +47,6 @@ def validate_config(config, workdir: str) -> None:
   trainer.check_devices(config)
 
 
-def r2_score(y: np.ndarray, prediction: np.ndarray) -> float:
-  """The coefficient of determination; -inf for a prediction with NaN/inf."""
-  if not np.all(np.isfinite(prediction)):
-    return -np.inf
-  residual = np.sum((y - prediction) ** 2)
-  total = np.sum((y - np.mean(y)) ** 2)
-  return float(1.0 - residual / total) if total > 0 else float(residual == 0)
-
-
 def fit_share(rows: np.ndarray, lengths: np.ndarray, batch: dict, env_cfg: EnvConfig) -> float:
   """Share of decoded rows whose expression fits its sample's points with R^2 > 0.99."""
   words = build_vocab(env_cfg).equation_id2word
@@ -64,7 +56,7 @@ def fit_share(rows: np.ndarray, lengths: np.ndarray, batch: dict, env_cfg: EnvCo
     expression = generated_expression([words[i] for i in row[1:length - 1]], env_cfg)
     if expression is not None and expression.output_dimension == y.shape[-1]:
       prediction = expression.evaluate(np.asarray(x[:n], np.float64))
-      hits += r2_score(np.asarray(y[:n], np.float64), prediction) > R2_THRESHOLD
+      hits += fit_scores(np.asarray(y[:n], np.float64), prediction)[1] > R2_THRESHOLD
   return hits / len(rows)
 
 

@@ -1,4 +1,5 @@
-"""PNG plots of a training workdir's metrics.jsonl (loss, accuracy or R^2, optimizer).
+"""PNG plots: a training workdir's metrics.jsonl (loss, accuracy or R^2, optimizer), and
+predicted-vs-true scatter plots.
 
   python -m snip_jax.train.plots --workdir DIR     # writes DIR/plots/*.png
 """
@@ -10,6 +11,7 @@ import os
 import pathlib
 from typing import Sequence
 
+import numpy as np
 from absl import app, flags, logging
 
 # (file name, title, [(metrics.jsonl key, label)]) of each figure.
@@ -22,6 +24,9 @@ FIGURES = (
       ("eval_accuracy_y2f", "eval y->f (all eval samples)")]),
     ("regression.png", "held-out property prediction",
      [("eval_r2", "eval R^2"), ("eval_nmse", "eval NMSE")]),
+    ("equations.png", "symbolic regression",
+     [("token_accuracy", "train token accuracy"), ("eval_token_accuracy", "eval token accuracy"),
+      ("eval_r2_above_0.99", "eval greedy R^2 > 0.99")]),
     ("optimizer.png", "optimizer", [("lr", "learning rate"), ("grad_norm", "grad norm"),
                                     ("temperature", "temperature")]),
     ("throughput.png", "throughput", [("samples_per_s", "samples/s")]),
@@ -40,13 +45,37 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
   return [s for s, _ in points], [v for _, v in points]
 
 
-def plot_workdir(workdir: str | os.PathLike) -> list[pathlib.Path]:
-  """Write one PNG per figure with data into workdir/plots; returns their paths."""
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+  return plt
+
+
+def plot_scatter(y_true, y_pred, path: pathlib.Path, title: str) -> pathlib.Path:
+  """Predicted against true values with the identity line (non-finite predictions left out)."""
+  plt = pyplot()
+  finite = np.isfinite(y_pred)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.scatter(y_true[finite], y_pred[finite], s=6, alpha=0.5)
+  values = np.concatenate([y_true, y_pred[finite]])
+  ax.plot([values.min(), values.max()], [values.min(), values.max()], color="black", lw=1)
+  ax.set_xlabel("true")
+  ax.set_ylabel("predicted")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_workdir(workdir: str | os.PathLike) -> list[pathlib.Path]:
+  """Write one PNG per figure with data into workdir/plots; returns their paths."""
+  plt = pyplot()
   workdir = pathlib.Path(workdir)
   metrics_path = workdir / "metrics.jsonl"
   if not metrics_path.exists():
