@@ -190,6 +190,7 @@ class _Search:
                      else time.perf_counter() + reg.time_budget)
     self.tried: list[tuple[Expression, float, str]] = []  # standardised-space candidates
     self.n_invalid = 0
+    self.refined: dict[str, Optional[tuple[Expression, float]]] = {}  # prefix -> scored
     self.best, self.best_r2 = None, -np.inf
 
   def run(self) -> Optional[Expression]:
@@ -214,23 +215,31 @@ class _Search:
     return self.Xs[keep], self.y[keep]
 
   def _score(self, expressions: list) -> list:
-    """Refine and score candidates (None = invalid); returns each one's (Expression, R²)."""
+    """Refine and score candidates (None = invalid); returns each one's (Expression, R²).
+
+    Each distinct decoded equation is refined once per fit (the same start gives the same
+    result), so repeated decodings during the search cost nothing.
+    """
     valid = [e for e in expressions if e is not None]
     self.n_invalid += len(expressions) - len(valid)
+    new = list({e.prefix(): e for e in valid if e.prefix() not in self.refined}.values())
     limit = max(0.0, self.deadline - time.perf_counter()) if np.isfinite(self.deadline) else None
     options = {} if self.reg.refine else {"max_evals": 1}
-    results = refine_many(valid, self.Xs, self.y, total_time_limit=limit, **options)
-    scored = []
-    for result in results:
-      r2 = float(result.r2) if np.isfinite(result.r2) else -np.inf
-      if result.status == "invalid":
-        self.n_invalid += 1
-        continue
-      self.tried.append((result.expression, r2, result.status))
-      scored.append((result.expression, r2))
-      if r2 > self.best_r2:
-        self.best, self.best_r2 = result.expression, r2
-    return scored
+    for expr, result in zip(new, refine_many(new, self.Xs, self.y, total_time_limit=limit,
+                                             **options)):
+      self.refined[expr.prefix()] = self._record(result)
+    return [self.refined[e.prefix()] for e in valid if self.refined[e.prefix()] is not None]
+
+  def _record(self, result) -> Optional[tuple[Expression, float]]:
+    """Track a refined candidate (None if invalid); returns its (Expression, R²)."""
+    if result.status == "invalid":
+      self.n_invalid += 1
+      return None
+    r2 = float(result.r2) if np.isfinite(result.r2) else -np.inf
+    self.tried.append((result.expression, r2, result.status))
+    if r2 > self.best_r2:
+      self.best, self.best_r2 = result.expression, r2
+    return result.expression, r2
 
   def _lso(self) -> None:
     """Grey Wolf search in the latent space, the whole population decoded per call; the
