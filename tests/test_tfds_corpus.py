@@ -179,3 +179,14 @@ def test_original_export_fixture_converts(tmp_path):
   _assert_rows_match_collate(tc.corpus_source(tmp_path, "train", cfg), samples, cfg)
   standard = tfds.data_source("snip_corpus", data_dir=str(tmp_path))["train"]
   assert len(standard) == builder.info.splits["train"].num_examples == len(samples)
+
+
+def test_compressed_format_1_corpora_read_the_same_batches(plain, tmp_path):
+  prefix, data_dir = plain
+  tc.build_tfds_corpus(prefix, tmp_path / "zlib", CFG, compress=True)
+  raw, zlib = (tc.dataset_dir(d) for d in (data_dir, tmp_path / "zlib"))
+  assert tc._read_metadata(zlib)["format_version"] == 1
+  assert tc._read_metadata(raw)["format_version"] == tc.FORMAT_VERSION == 2
+  _assert_batches_equal(
+      _array_record_batches(tc.corpus_source(tmp_path / "zlib", "train", CFG), 8, 3, stop=9),
+      _array_record_batches(tc.corpus_source(data_dir, "train", CFG), 8, 3, stop=9))

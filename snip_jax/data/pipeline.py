@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import pathlib
 import sys
@@ -144,29 +145,57 @@ class _ReadBatch:
     return batch
 
 
+@dataclasses.dataclass(frozen=True)
+class _EpochOrder:
+  """Position in this shard's stream of examples -> example index (picklable).
+
+  Epoch e's order is `np.random.default_rng([seed, e]).permutation(n)` (the identity without
+  shuffling), drawn once per epoch and process; the shard takes every shard_count-th entry.
+  """
+
+  n: int
+  seed: int
+  shuffle: bool
+  shard_index: int
+  shard_count: int
+
+  @property
+  def per_shard(self) -> int:
+    return self.n // self.shard_count
+
+  def __call__(self, position: int) -> int:
+    epoch, offset = divmod(int(position), self.per_shard)
+    return int(self.order(epoch)[self.shard_index + offset * self.shard_count])
+
+  @functools.lru_cache(maxsize=2)  # a batch spans at most two epochs
+  def order(self, epoch: int) -> np.ndarray:
+    """The example order of `epoch`."""
+    if not self.shuffle:
+      return np.arange(self.n)
+    return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+
 def corpus_batches(source, batch_size: int, seed: int, *, env_cfg: Optional[EnvConfig] = None,
                    shuffle: bool = True, num_epochs: Optional[int] = None,
                    shard_index: int = 0, shard_count: int = 1,
                    drop_remainder: bool = True) -> grain.MapDataset:
   """Batches of a corpus: a CorpusSource (ArrayRecord rows) or a list of Samples (`env_cfg`).
 
-  Each epoch is shuffled with (seed + epoch); process `shard_index` of `shard_count` takes every
-  shard_count-th example of it (equal disjoint shares; the last n % shard_count are left out).
-  Epochs run back to back (a batch may span two); `num_epochs=None` repeats forever. A batch's
-  examples are read in one call (ArrayRecord's batched read).
+  Each epoch is shuffled with the seeds (seed, epoch); process `shard_index` of `shard_count`
+  takes every shard_count-th example of it (equal disjoint shares; the last n % shard_count are
+  left out). Epochs run back to back (a batch may span two); `num_epochs=None` repeats
+  forever. A batch's examples are read in one call (ArrayRecord's batched read).
   """
   _check_sharding(batch_size, shard_index, shard_count)
-  per_shard = len(source) // shard_count
-  if per_shard == 0:
+  order = _EpochOrder(len(source), seed, shuffle, shard_index, shard_count)
+  if order.per_shard == 0:
     raise UserError(f"{len(source)} examples cannot be split into {shard_count} non-empty"
                     " shards")
-  ds = grain.MapDataset.range(len(source))
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds[shard_index:per_shard * shard_count:shard_count].repeat(num_epochs)
+  length = ENDLESS if num_epochs is None else num_epochs * order.per_shard
   with_target = env_cfg is None or all(s.target_property is not None for s in source)
-  return ds.batch(batch_size, drop_remainder=drop_remainder,
-                  batch_fn=_ReadBatch(source, env_cfg, with_target))
+  return grain.MapDataset.range(length).map(order).batch(
+      batch_size, drop_remainder=drop_remainder,
+      batch_fn=_ReadBatch(source, env_cfg, with_target))
 
 
 def _check_sharding(batch_size: int, shard_index: int, shard_count: int) -> None:

@@ -11,7 +11,10 @@ TensorFlow is never imported, the tests check `sys.modules`):
   data_dir=...)` too, since the builder is not registered and TFDS falls back to the files.
 - float64 `x_values` / `y_values` are stored exactly: a TFDS `Tensor` with the default
   encoding goes through `tf.train.Example`'s FloatList, which is float32 (1e300 -> inf), so
-  every array feature here uses `Encoding.ZLIB` (raw bytes, zlib-compressed).
+  every array feature here is raw bytes: `Encoding.BYTES` (format 2, the default) or
+  `Encoding.ZLIB` (format 1, what earlier versions wrote; `build_tfds_corpus(...,
+  compress=True)`). Both are read (TFDS decodes what the dataset's features.json says); format
+  2 reads faster and is no larger on disk, since ArrayRecord compresses its record groups.
 - `SnipCorpus.code_path` is overridden: for a builder defined inside a package, TFDS 4.9.10
   looks it up with `importlib_resources`, which it does not declare for Python >= 3.9.
 - Scalars come back from TFDS as Python ints/floats; `CorpusSource` casts them back to the
@@ -48,7 +51,8 @@ from snip_jax.data.corpus import PREFIX_FILE, CorpusError, read_corpus
 from snip_jax.symbolic.config import EnvConfig
 
 DATASET_NAME = "snip_corpus"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arrays as raw bytes; 1: zlib-compressed (compress=True)
+READABLE_VERSIONS = (1, 2)
 SPLITS = ("train", "valid", "test")
 _GROUP = 256  # samples tokenised per `collate` call while building
 _ARRAY_KEYS = ("points", "equations", "x_values", "y_values")
@@ -69,9 +73,9 @@ def _env_dict(env_cfg: EnvConfig) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(env_cfg)))
 
 
-def _features(env_cfg: EnvConfig) -> tfds.features.FeaturesDict:
-  """Per-example features: `collate`'s rows (no batch dim), arrays zlib-encoded bytes."""
-  zlib = tfds.features.Encoding.ZLIB
+def _features(env_cfg: EnvConfig, compress: bool = False) -> tfds.features.FeaturesDict:
+  """Per-example features: `collate`'s rows (no batch dim), arrays as raw (zlib) bytes."""
+  zlib = tfds.features.Encoding.ZLIB if compress else tfds.features.Encoding.BYTES
   width = (env_cfg.max_input_dimension + env_cfg.max_output_dimension) * env_cfg.tokens_per_float
   max_len = env_cfg.max_len
   return tfds.features.FeaturesDict({
@@ -119,8 +123,9 @@ class SnipCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return epath.Path(__file__)
 
   def __init__(self, *, env_cfg: EnvConfig, prefix_paths: Mapping[str, pathlib.Path],
-               **kwargs):
+               compress: bool = False, **kwargs):
     self._env_cfg = env_cfg
+    self._compress = compress
     self._prefix_paths = {split: pathlib.Path(p) for split, p in prefix_paths.items()}
     self.sources = {split: _source_record(p) for split, p in self._prefix_paths.items()}
     self._target_counts: dict[str, dict[str, int]] = {}
@@ -128,9 +133,9 @@ class SnipCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     metadata = tfds.core.MetadataDict(
-        format_version=FORMAT_VERSION, env=_env_dict(self._env_cfg),
+        format_version=1 if self._compress else FORMAT_VERSION, env=_env_dict(self._env_cfg),
         max_equation_len=MAX_EQUATION_LEN, sources=self.sources, splits=self._target_counts)
-    return tfds.core.DatasetInfo(builder=self, features=_features(self._env_cfg),
+    return tfds.core.DatasetInfo(builder=self, features=_features(self._env_cfg, self._compress),
                                  metadata=metadata, disable_shuffling=True,
                                  description="SNIP data.prefix corpus, tokenised as collate.")
 
@@ -198,12 +203,14 @@ def dataset_dir(data_dir: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(data_dir) / DATASET_NAME / str(SnipCorpus.VERSION)
 
 
-def build_tfds_corpus(prefix_paths, data_dir: str | os.PathLike,
-                      env_cfg: EnvConfig) -> SnipCorpus:
+def build_tfds_corpus(prefix_paths, data_dir: str | os.PathLike, env_cfg: EnvConfig,
+                      compress: bool = False) -> SnipCorpus:
   """Convert data.prefix files into `<data_dir>/snip_corpus/1.0.0` (ArrayRecord); returns it.
 
   `prefix_paths`: {split: path}, a split_corpus output directory, or one file (-> 'train').
   Reuses a finished build of the same files and env config; refuses a different one.
+  `compress`: zlib-compress each array as earlier versions did (format 1; slower to read, no
+  smaller: ArrayRecord compresses its record groups anyway).
   """
   paths = _resolve_prefix_paths(prefix_paths)
   existing = dataset_dir(data_dir)
@@ -211,7 +218,8 @@ def build_tfds_corpus(prefix_paths, data_dir: str | os.PathLike,
   if (existing / "dataset_info.json").exists():
     metadata = _read_metadata(existing)
     _check_env(existing, metadata, env_cfg)
-  builder = SnipCorpus(env_cfg=env_cfg, prefix_paths=paths, data_dir=str(data_dir))
+  builder = SnipCorpus(env_cfg=env_cfg, prefix_paths=paths, data_dir=str(data_dir),
+                       compress=compress)
   if metadata is not None:
     if _digests(metadata.get("sources", {})) != _digests(builder.sources):
       raise ValueError(f"{existing} already holds a corpus built from other files"
@@ -248,9 +256,9 @@ def _read_metadata(directory: pathlib.Path) -> dict:
     raise FileNotFoundError(f"{directory} has no metadata.json: not a dataset written by"
                             " build_tfds_corpus (or the build did not finish); rebuild it")
   metadata = json.loads(path.read_text())
-  if metadata.get("format_version") != FORMAT_VERSION:
+  if metadata.get("format_version") not in READABLE_VERSIONS:
     raise ValueError(f"{directory} has format_version {metadata.get('format_version')};"
-                     f" this code reads {FORMAT_VERSION}: rebuild it with build_tfds_corpus")
+                     f" this code reads {READABLE_VERSIONS}: rebuild it with build_tfds_corpus")
   return metadata
 
 

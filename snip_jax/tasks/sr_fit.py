@@ -86,7 +86,7 @@ def run_fit(config, workdir: str) -> dict[str, Any]:
   options = {k: config.fit[k] for k in ESTIMATOR_OPTIONS}
   options["time_budget"] = options["time_budget"] or None
   start = time.perf_counter()
-  with checks.as_user_error():
+  with checks.as_user_error(RuntimeError):  # RuntimeError: no valid candidate at all
     reg = SNIPRegressor(config.model_path, random_state=config.seed, **options).fit(
         X[train], y[train])
   results = _results(reg, X, y, names, train, test, time.perf_counter() - start)
