@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from sklearn.base import BaseEstimator, RegressorMixin
 
+from snip_jax.data.tabular import clean_data
 from snip_jax.sr import lso
 from snip_jax.symbolic.refine import refine_many
 from snip_jax.symbolic.trees import Expression, Node
@@ -55,28 +56,6 @@ def _load(model_path: str):
     raise ValueError(f"{model_path} is not a symbolic-regression checkpoint (it has no mapper);"
                      " SNIPRegressor needs snip-e2e-sr.pth or an SR training workdir")
   return model
-
-
-def clean_data(X, y) -> tuple[np.ndarray, np.ndarray]:
-  """Float64 X [n, d], y [n] without NaN/inf rows; ValueError naming any other problem."""
-  try:
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-  except (TypeError, ValueError) as err:
-    raise ValueError(f"X and y must be numeric ({err}); convert or drop non-numeric columns")
-  X = X[:, None] if X.ndim == 1 else X
-  if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
-    raise ValueError(f"X must be [n_samples, n_features] and y [n_samples]; got X {X.shape},"
-                     f" y {y.shape}")
-  finite = np.isfinite(X).all(axis=1) & np.isfinite(y)
-  if not finite.all():
-    logging.warning("dropping %d of %d rows with NaN/inf values", (~finite).sum(), len(y))
-    X, y = X[finite], y[finite]
-  if len(y) < 2:
-    raise ValueError(f"need at least 2 rows with finite values, got {len(y)}")
-  if np.ptp(y) == 0:
-    raise ValueError("y is constant: R² is undefined and there is nothing to regress")
-  return X, y
 
 
 def top_features(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:

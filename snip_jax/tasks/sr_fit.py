@@ -10,9 +10,7 @@ OUT/pred_vs_true.png are written, only once the fit succeeded.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import pathlib
 import tempfile
@@ -23,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from snip_jax import checks
+from snip_jax.data.tabular import read_csv
 from snip_jax.errors import UserError
 from snip_jax.sr.regressor import SNIPRegressor
 from snip_jax.symbolic.refine import fit_scores
@@ -32,36 +31,6 @@ RESULTS_FILE = "results.json"
 PLOT_FILE = "pred_vs_true.png"
 ESTIMATOR_OPTIONS = ("decoding", "n_candidates", "temperature", "max_len", "refine", "lso",
                      "lso_iterations", "lso_pop_size", "lso_samples", "stop_r2", "time_budget")
-
-
-def read_csv(path: pathlib.Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """(X, y, feature names) of a CSV with a header row; empty cells are NaN (rows dropped later)."""
-  with open(path, newline="", encoding="utf-8") as f:
-    rows = list(csv.reader(f))
-  if not rows or not rows[0]:
-    raise UserError(f"{path} is empty: it needs a header row and data rows")
-  header, body = [h.strip() for h in rows[0]], rows[1:]
-  if target not in header:
-    raise UserError(f"{path} has no column {target!r}; its columns: {', '.join(header)}")
-  values = np.empty((len(body), len(header)))
-  for r, row in enumerate(body, start=2):
-    if len(row) != len(header):
-      raise UserError(f"{path}:{r}: {len(row)} cells, the header has {len(header)}")
-    for c, cell in enumerate(row):
-      values[r - 2, c] = _number(cell, path, r, header[c])
-  t = header.index(target)
-  return np.delete(values, t, axis=1), values[:, t], header[:t] + header[t + 1:]
-
-
-def _number(cell: str, path: pathlib.Path, row: int, column: str) -> float:
-  """A cell as a float (empty: NaN); a UserError naming the cell otherwise."""
-  if not cell.strip():
-    return math.nan
-  try:
-    return float(cell)
-  except ValueError:
-    raise UserError(f"{path}:{row}: column {column!r} holds {cell[:40]!r}, not a number; drop"
-                    " or encode non-numeric columns first") from None
 
 
 def validate_config(config, workdir: str) -> None:
