@@ -51,6 +51,7 @@ def fit_config() -> ml_collections.ConfigDict:
   config.fit.lso_samples = 2
   config.fit.stop_r2 = 0.99
   config.fit.time_budget = 0.0  # seconds for the search; 0: none
+  config.fit.n_jobs = 1  # processes refining candidates in parallel (same results)
   config.lock()
   return config
 

@@ -194,6 +194,19 @@ def test_non_finite_start_flagged_and_invalid_candidates_kept():
     refine_constants("mul,CONSTANT_0,x_0", x, y)
 
 
+def test_parallel_refinement_equals_one_process():
+  x, y = sin_data()
+  rng = np.random.default_rng(5)
+  candidates = [with_values(SIN, rng.uniform(0.5, 3.0, 3)) for _ in range(9)] + ["add,foo,x_0"]
+  serial = refine_many(candidates, x, y)
+  parallel = refine_many(candidates, x, y, n_jobs=2)
+  assert [r.status for r in parallel] == [r.status for r in serial]
+  assert parallel[-1].status == "invalid"
+  for a, b in zip(serial, parallel):
+    np.testing.assert_array_equal(a.constants, b.constants)
+    assert a.n_evals == b.n_evals
+
+
 def test_divergent_steps_keep_the_best_finite_point():
   x = np.random.default_rng(1).uniform(0.1, 3.0, (200, 1))
   result = refine_constants("sqrt,add,2.0,x_0", x, np.zeros(200))

@@ -56,13 +56,15 @@ def test_many_features_keep_the_most_correlated(fitted):
   assert reg.predict(X).shape == (200,)
 
 
-def test_lso_with_a_seed_returns_the_same_equation_twice():
+def test_lso_with_a_seed_returns_the_same_equation_twice_and_in_parallel():
   X, y = _line(150)
   y = y + np.sin(X[:, 1])
-  make = lambda: SNIPRegressor(TINY_SR, n_candidates=2, lso=True, lso_iterations=2,
-                               lso_pop_size=6, stop_r2=1.5, random_state=3).fit(X, y)
-  first, second = make(), make()
-  assert first.equation_ == second.equation_
+  make = lambda n_jobs: SNIPRegressor(TINY_SR, n_candidates=2, lso=True, lso_iterations=2,
+                                     lso_pop_size=6, stop_r2=1.5, random_state=3,
+                                     n_jobs=n_jobs).fit(X, y)
+  first, second, parallel = make(1), make(1), make(2)
+  assert first.equation_ == second.equation_ == parallel.equation_
+  assert [vars(c) for c in parallel.candidates_] == [vars(c) for c in first.candidates_]
   assert len(first.candidates_) > 2  # the search decoded and scored the population too
 
 

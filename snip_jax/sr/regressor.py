@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
 from typing import Optional
 
@@ -91,14 +92,15 @@ class SNIPRegressor(RegressorMixin, BaseEstimator):
   `temperature`, `max_len` (tokens per candidate), `refine` (BFGS on the constants), `lso`
   (latent-space search after direct decoding), `lso_iterations`, `lso_pop_size`,
   `lso_samples` (decodings per member), `stop_r2`, `time_budget` (seconds for the search; the
-  best found so far when it runs out), `random_state`.
+  best found so far when it runs out), `n_jobs` (processes refining candidates in parallel;
+  the same results as one), `random_state`.
   """
 
   def __init__(self, model_path: str = "", decoding: str = "sample", n_candidates: int = 10,
                temperature: float = 0.1, max_len: int = 200, refine: bool = True,
                lso: bool = False, lso_iterations: int = 80, lso_pop_size: int = 50,
                lso_samples: int = 2, stop_r2: float = 0.99,
-               time_budget: Optional[float] = None, random_state: int = 0):
+               time_budget: Optional[float] = None, n_jobs: int = 1, random_state: int = 0):
     self.model_path = model_path
     self.decoding = decoding
     self.n_candidates = n_candidates
@@ -111,6 +113,7 @@ class SNIPRegressor(RegressorMixin, BaseEstimator):
     self.lso_samples = lso_samples
     self.stop_r2 = stop_r2
     self.time_budget = time_budget
+    self.n_jobs = n_jobs
     self.random_state = random_state
 
   # ---- fit ----
@@ -194,10 +197,11 @@ class _Search:
     return self.Xs[keep], self.y[keep]
 
   def _score(self, expressions: list) -> list:
-    """Refine and score candidates (None = invalid); returns each one's (Expression, R²).
+    """Refine and score candidates (None = invalid): each one's (Expression, R²) or None.
 
     Each distinct decoded equation is refined once per fit (the same start gives the same
-    result), so repeated decodings during the search cost nothing.
+    result), so repeated decodings during the search cost nothing; the new ones are refined
+    in one call (in `n_jobs` processes).
     """
     valid = [e for e in expressions if e is not None]
     self.n_invalid += len(expressions) - len(valid)
@@ -205,9 +209,9 @@ class _Search:
     limit = max(0.0, self.deadline - time.perf_counter()) if np.isfinite(self.deadline) else None
     options = {} if self.reg.refine else {"max_evals": 1}
     for expr, result in zip(new, refine_many(new, self.Xs, self.y, total_time_limit=limit,
-                                             **options)):
+                                             n_jobs=self.reg.n_jobs, **options)):
       self.refined[expr.prefix()] = self._record(result)
-    return [self.refined[e.prefix()] for e in valid if self.refined[e.prefix()] is not None]
+    return [None if e is None else self.refined[e.prefix()] for e in expressions]
 
   def _record(self, result) -> Optional[tuple[Expression, float]]:
     """Track a refined candidate (None if invalid); returns its (Expression, R²)."""
@@ -235,15 +239,17 @@ class _Search:
                                   rng=self.rng)
 
   def _decode_and_score(self, latents: np.ndarray, samples: int):
-    """LSO's callback: per member the best refined equation of its sampled decodings."""
-    expressions = self.model.decode_latents(latents, n_samples=samples,
-                                            temperature=self.reg.temperature,
-                                            seed=int(self.rng.integers(2**31)),
-                                            max_len=self.reg.max_len)
+    """LSO's callback: per member the best refined equation of its sampled decodings (the
+    whole population's candidates refined in one call)."""
+    members = self.model.decode_latents(latents, n_samples=samples,
+                                        temperature=self.reg.temperature,
+                                        seed=int(self.rng.integers(2**31)),
+                                        max_len=self.reg.max_len)
+    scored = iter(self._score([e for member in members for e in member]))
     equations, r2 = [], []
-    for member in expressions:
-      scored = self._score(member)
-      best = max(scored, key=lambda s: s[1], default=(None, -np.inf))
+    for member in members:
+      found = [s for s in itertools.islice(scored, len(member)) if s is not None]
+      best = max(found, key=lambda s: s[1], default=(None, -np.inf))
       equations.append(best[0])
       r2.append(best[1])
     return equations, np.asarray(r2), []
