@@ -7,7 +7,8 @@ project) against members decoded one by one (the original's design), in the same
 
 Both designs refine valid candidates with the same BFGS (snip_jax.symbolic.refine); the
 search never stops early (stop R² above 1), so both run every iteration. The batched design is
-timed with 1 .. --max_jobs refinement processes.
+timed with 1 .. --max_jobs refinement processes, then with one refinement per skeleton
+(SNIPRegressor's refine_per="skeleton").
 """
 
 import argparse
@@ -21,14 +22,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from snip_jax import load_pretrained  # pylint: disable=g-import-not-at-top
 from snip_jax.sr import lso
+from snip_jax.symbolic.generator import skeleton
 from snip_jax.symbolic.refine import refine_many
+from snip_jax.symbolic.trees import Expression
 
 
-def scorer(model, x, y, one_by_one: bool, n_jobs: int = 1):
+def scorer(model, x, y, one_by_one: bool, n_jobs: int = 1, key=Expression.prefix):
   """LSO's decode-and-score callback. One by one (the original's design): each member decoded
   and its candidates refined in turn. Batched (as SNIPRegressor): the population decoded in one
-  call, each distinct equation refined once per search, all new ones in one call
-  (`n_jobs` processes)."""
+  call, each distinct `key` (equation, or skeleton) refined once per search, all new ones in
+  one call (`n_jobs` processes)."""
   refined = {}
 
   def best_of(results):
@@ -43,10 +46,10 @@ def scorer(model, x, y, one_by_one: bool, n_jobs: int = 1):
   def batched_members(latents, samples):
     members = [[e for e in m if e is not None]
                for m in model.decode_latents(latents, n_samples=samples, seed=0)]
-    new = list({e.prefix(): e for m in members for e in m if e.prefix() not in refined}.values())
-    refined.update(zip((e.prefix() for e in new), refine_many(new, x, y, n_jobs=n_jobs)))
+    new = list({key(e): e for m in members for e in m if key(e) not in refined}.values())
+    refined.update(zip(map(key, new), refine_many(new, x, y, n_jobs=n_jobs)))
     for member in members:
-      yield best_of([refined[e.prefix()] for e in member])
+      yield best_of([refined[key(e)] for e in member])
 
   def decode_and_score(latents, samples):
     members = (one_by_one_members if one_by_one else batched_members)(latents, samples)
@@ -56,11 +59,12 @@ def scorer(model, x, y, one_by_one: bool, n_jobs: int = 1):
   return decode_and_score
 
 
-def seconds_per_problem(model, x, y, iterations: int, one_by_one: bool, n_jobs: int = 1) -> float:
+def seconds_per_problem(model, x, y, iterations: int, one_by_one: bool, n_jobs: int = 1,
+                        key=Expression.prefix) -> float:
   """Wall time of one search (after a one-iteration warm-up compiles the decoder)."""
   encode = lambda xs, ys: model.embed_points(list(zip(xs, ys)))
   search = lambda its: lso.latent_space_optimisation(
-      encode, scorer(model, x, y, one_by_one, n_jobs), x, y,
+      encode, scorer(model, x, y, one_by_one, n_jobs, key), x, y,
       options=lso.LSOOptions(max_iterations=its, stop_r2=2.0), rng=0)
   search(1)
   start = time.perf_counter()
@@ -84,6 +88,10 @@ def main():
     batched = seconds_per_problem(model, x, y, args.iterations, one_by_one=False, n_jobs=n_jobs)
     print(f"population per call, refined once, {n_jobs} process(es): {batched:8.1f} s per"
           f" problem; speed-up {single / batched:.1f}x", flush=True)
+  per_skeleton = seconds_per_problem(model, x, y, args.iterations, one_by_one=False,
+                                     n_jobs=args.max_jobs, key=skeleton)
+  print(f"  the same, refined once per skeleton (refine_per='skeleton'): {per_skeleton:8.1f} s"
+        f" per problem; speed-up {single / per_skeleton:.1f}x", flush=True)
 
 if __name__ == "__main__":
   main()

@@ -52,6 +52,7 @@ def fit_config() -> ml_collections.ConfigDict:
   config.fit.stop_r2 = 0.99
   config.fit.time_budget = 0.0  # seconds for the search; 0: none
   config.fit.n_jobs = 1  # processes refining candidates in parallel (same results)
+  config.fit.refine_per = "equation"  # or "skeleton": one refinement per skeleton (faster LSO)
   config.lock()
   return config
 

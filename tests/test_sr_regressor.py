@@ -79,6 +79,8 @@ def test_bad_input_is_one_clear_error(fitted, caplog):
     with pytest.raises(ValueError, match=message):
       model.fit(x_arg, y_arg)
     reg.set_params(decoding="sample")
+  with pytest.raises(ValueError, match="refine_per must be one of"):
+    clone(reg).set_params(refine_per="tree").fit(X, y)
   with pytest.raises(ValueError, match="not fitted yet"):
     clone(reg).predict(X)
   with pytest.raises(ValueError, match="must have 2 columns"):
@@ -90,3 +92,17 @@ def test_bad_input_is_one_clear_error(fitted, caplog):
   with caplog.at_level(logging.WARNING):
     clone(reg).set_params(n_candidates=2).fit(X, y)
   assert "dropping 2 of 20 rows" in caplog.text
+
+
+@pytest.mark.parametrize("refine_per, refinements", [("equation", 2), ("skeleton", 1)])
+def test_one_refinement_per_equation_or_per_skeleton(refine_per, refinements):
+  from snip_jax.sr.regressor import _Search  # pylint: disable=g-import-not-at-top
+  from snip_jax.symbolic.trees import parse_prefix  # pylint: disable=g-import-not-at-top
+
+  x = np.linspace(-2, 2, 50)[:, None]
+  search = _Search(SNIPRegressor(refine_per=refine_per), None, x, 2.5 * x[:, 0] + 0.7)
+  same_form = [parse_prefix("add,mul,1.9,x_0,0.2"), parse_prefix("add,mul,3.1,x_0,1.5"), None]
+  scored = search._score(same_form)  # pylint: disable=protected-access
+  assert len(search.tried) == refinements and search.n_invalid == 1 and scored[2] is None
+  assert scored[0][1] > 0.999999 and scored[1][1] > 0.999999
+  assert (scored[0] is scored[1]) == (refine_per == "skeleton")

@@ -30,10 +30,12 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from snip_jax.data.tabular import clean_data
 from snip_jax.sr import lso
+from snip_jax.symbolic.generator import skeleton
 from snip_jax.symbolic.refine import refine_many
 from snip_jax.symbolic.trees import Expression, Node
 
 DECODINGS = ("sample", "greedy", "beam")
+REFINE_PER = ("equation", "skeleton")
 
 
 @dataclasses.dataclass
@@ -93,14 +95,17 @@ class SNIPRegressor(RegressorMixin, BaseEstimator):
   (latent-space search after direct decoding), `lso_iterations`, `lso_pop_size`,
   `lso_samples` (decodings per member), `stop_r2`, `time_budget` (seconds for the search; the
   best found so far when it runs out), `n_jobs` (processes refining candidates in parallel;
-  the same results as one), `random_state`.
+  the same results as one), `refine_per` ("equation": each distinct decoded equation refined
+  once per fit; "skeleton": once per skeleton, later decodings of it reuse that refinement —
+  faster when the search keeps decoding one form with other constants), `random_state`.
   """
 
   def __init__(self, model_path: str = "", decoding: str = "sample", n_candidates: int = 10,
                temperature: float = 0.1, max_len: int = 200, refine: bool = True,
                lso: bool = False, lso_iterations: int = 80, lso_pop_size: int = 50,
                lso_samples: int = 2, stop_r2: float = 0.99,
-               time_budget: Optional[float] = None, n_jobs: int = 1, random_state: int = 0):
+               time_budget: Optional[float] = None, n_jobs: int = 1,
+               refine_per: str = "equation", random_state: int = 0):
     self.model_path = model_path
     self.decoding = decoding
     self.n_candidates = n_candidates
@@ -114,6 +119,7 @@ class SNIPRegressor(RegressorMixin, BaseEstimator):
     self.stop_r2 = stop_r2
     self.time_budget = time_budget
     self.n_jobs = n_jobs
+    self.refine_per = refine_per
     self.random_state = random_state
 
   # ---- fit ----
@@ -122,6 +128,8 @@ class SNIPRegressor(RegressorMixin, BaseEstimator):
     """Search for an equation y ≈ f(X); the best by training R² is `expression_`."""
     if self.decoding not in DECODINGS:
       raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
+    if self.refine_per not in REFINE_PER:
+      raise ValueError(f"refine_per must be one of {REFINE_PER}, got {self.refine_per!r}")
     model = _load(str(self.model_path))
     X, y = clean_data(X, y)
     self.n_features_in_ = X.shape[1]
@@ -199,19 +207,20 @@ class _Search:
   def _score(self, expressions: list) -> list:
     """Refine and score candidates (None = invalid): each one's (Expression, R²) or None.
 
-    Each distinct decoded equation is refined once per fit (the same start gives the same
-    result), so repeated decodings during the search cost nothing; the new ones are refined
-    in one call (in `n_jobs` processes).
+    Each distinct decoded equation (with refine_per="skeleton": each skeleton, from its first
+    decoded constants) is refined once per fit, so repeats during the search cost nothing; the
+    new ones are refined in one call (in `n_jobs` processes).
     """
     valid = [e for e in expressions if e is not None]
     self.n_invalid += len(expressions) - len(valid)
-    new = list({e.prefix(): e for e in valid if e.prefix() not in self.refined}.values())
+    key = skeleton if self.reg.refine_per == "skeleton" else Expression.prefix
+    new = list({key(e): e for e in valid if key(e) not in self.refined}.values())
     limit = max(0.0, self.deadline - time.perf_counter()) if np.isfinite(self.deadline) else None
     options = {} if self.reg.refine else {"max_evals": 1}
     for expr, result in zip(new, refine_many(new, self.Xs, self.y, total_time_limit=limit,
                                              n_jobs=self.reg.n_jobs, **options)):
-      self.refined[expr.prefix()] = self._record(result)
-    return [None if e is None else self.refined[e.prefix()] for e in expressions]
+      self.refined[key(expr)] = self._record(result)
+    return [None if e is None else self.refined[key(e)] for e in expressions]
 
   def _record(self, result) -> Optional[tuple[Expression, float]]:
     """Track a refined candidate (None if invalid); returns its (Expression, R²)."""

@@ -23,6 +23,8 @@ from snip_jax.symbolic.datapoints import Rejected
 from snip_jax.symbolic.trees import ARITY, Expression, Node, is_integer_text, is_number
 from snip_jax.symbolic.tokenizers import encode_prefix
 
+_UNARY_OPERATORS = frozenset(name for name, arity in ARITY.items() if arity == 1)
+
 
 @dataclasses.dataclass
 class Sample:
@@ -342,6 +344,12 @@ def to_skeleton(prefix: list[str], unaries: frozenset) -> list[str]:
   return out
 
 
+def skeleton(expr: Expression) -> str:
+  """`expr` as skeleton prefix text (`to_skeleton` over every unary): the key under which
+  equations that differ only in their constants share an index entry or a refinement."""
+  return ",".join(to_skeleton(expr.prefix_list(), _UNARY_OPERATORS))
+
+
 # ---------------------------------------------------------------------------------------------
 # Samples
 # ---------------------------------------------------------------------------------------------
@@ -422,4 +430,5 @@ def generate_sample(rng: np.random.Generator, env_cfg: EnvConfig, *, train: bool
 
 
 __all__ = ["Sample", "generate_sample", "generate_float", "sample_expression", "to_skeleton",
+           "skeleton",
            "Rejected", "ARITY"]

@@ -31,7 +31,7 @@ RESULTS_FILE = "results.json"
 PLOT_FILE = "pred_vs_true.png"
 ESTIMATOR_OPTIONS = ("decoding", "n_candidates", "temperature", "max_len", "refine", "lso",
                      "lso_iterations", "lso_pop_size", "lso_samples", "stop_r2", "time_budget",
-                      "n_jobs")
+                      "n_jobs", "refine_per")
 
 
 def validate_config(config, workdir: str) -> None:
