@@ -251,6 +251,23 @@ def _sr_fit(config, workdir: str) -> int:
   return 0
 
 
+def _srbench(config, workdir: str) -> int:
+  """SRBench-style comparison of SR methods (or a merge of shards): results.jsonl, summary.md."""
+  from snip_jax.srbench import runner  # pylint: disable=g-import-not-at-top
+
+  runner.validate_config(config, workdir)
+  outcome = runner.run(config, workdir)
+  for row in outcome["rows"]:
+    print(f"{row['group']:9s} noise {row['noise']:<6g} {row['method']:11s} {row['fits']:4d} fits"
+          f"  median test R2 {row['median_r2']:.4f}  R2>0.99 {100 * row['acc_0.99']:5.1f}%")
+  print(f"fits: {outcome['n_run']} run now, {outcome['n_records']} recorded"
+        f" ({outcome['n_failed']} failed or timed out, {outcome['n_missing']} of"
+        f" {outcome['n_planned']} planned missing)")
+  print(f"results: {outcome['results_file']}\nsummary: {outcome['summary']}")
+  print(f"plots: {', '.join(outcome['plots'])}")
+  return 0
+
+
 def _proppred(config, workdir: str) -> int:
   """Property-prediction training, then the test report; 75 if SIGTERM stopped it."""
   from snip_jax.tasks import proppred  # pylint: disable=g-import-not-at-top
@@ -273,9 +290,35 @@ def _proppred_eval(config, workdir: str) -> int:
   return 0
 
 
+def _retrieval_build(config, workdir: str) -> int:
+  """Build, resume or extend an equation index (encoder_f latents of deduplicated skeletons)."""
+  from snip_jax.retrieval import commands  # pylint: disable=g-import-not-at-top
+
+  commands.validate_build(config, workdir)
+  summary = commands.run_build(config, workdir)
+  print(f"index: {summary.directory}\nentries: {summary.n_entries} ({summary.added} new,"
+        f" {summary.duplicates} duplicate skeletons skipped, {summary.consumed} equations of"
+        f" this source read)")
+  return 0
+
+
+def _retrieval_query(config, workdir: str) -> int:
+  """The nearest indexed equations of CSV datasets, constants fitted and ranked by R²."""
+  from snip_jax.retrieval import commands  # pylint: disable=g-import-not-at-top
+
+  commands.validate_query(config, workdir)
+  results = commands.run_query(config, workdir)
+  print(f"model: {results['model']}; index: {results['index']} ({results['n_entries']} entries)")
+  for dataset in results["datasets"]:
+    print(commands.format_table(dataset))
+  print(f"results: {pathlib.Path(workdir).absolute() / commands.RESULTS_FILE}")
+  return 0
+
+
 _JOBS = {"export": _export, "convert": _convert, "pretrain": _pretrain, "sr": _sr,
-         "sr_fit": _sr_fit, "proppred": _proppred,
-         "proppred_eval": _proppred_eval}
+         "sr_fit": _sr_fit, "srbench": _srbench, "proppred": _proppred,
+         "proppred_eval": _proppred_eval, "retrieval_build": _retrieval_build,
+         "retrieval_query": _retrieval_query}
 
 
 def job_summaries() -> dict[str, str]:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from snip_jax.data.batching import collate_equations, collate_points
+from snip_jax.data.batching import collate_equations, collate_points, trim_equations
 from snip_jax.model import SNIP, SNIPSR, ModelConfig, describe_kind, model_kind
 from snip_jax.sr import decoding
 from snip_jax.symbolic.config import EnvConfig
@@ -121,12 +121,14 @@ class Pretrained:
 
   # ---- equations ----
 
-  def embed_equations(self, exprs) -> np.ndarray:
+  def embed_equations(self, exprs, *, equation_bucket: int = 0) -> np.ndarray:
     """Latents of equations -> [B, latent_dim] (or [latent_dim] for a single one).
 
     Each item is a prefix string in the original's comma-separated form (the `tree` field of
     data.prefix, raw float constants allowed), infix text (the original's or ordinary math),
-    a sympy expression, or an `Expression`.
+    a sympy expression, or an `Expression`. `equation_bucket` > 0 cuts each batch's padding to
+    its longest equation rounded up to that many columns, as training does: the same latents
+    (to float rounding) for less compute, one compilation per width.
     """
     self._require("snip", "embed_equations")
     single = not isinstance(exprs, (list, tuple))
@@ -135,7 +137,9 @@ class Pretrained:
       raise ValueError("no equations given: pass a string, a sympy expression, an Expression or"
                        " a non-empty list of them")
     tokens = [self._equation_tokens(i, item) for i, item in enumerate(items)]
-    latents = self._batched(tokens, lambda chunk: collate_equations(chunk, self.env_cfg),
+    collate = lambda chunk: collate_equations(chunk, self.env_cfg)
+    trimmed = lambda chunk: trim_equations(collate(chunk), equation_bucket)
+    latents = self._batched(tokens, trimmed if equation_bucket else collate,
                             ("equations", "equation_lengths"), self._encode_equations)
     return latents[0] if single else latents
 

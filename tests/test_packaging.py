@@ -62,7 +62,7 @@ def _assert_help(text):
   assert text.startswith("usage: snip-jax --config=NAME[:ARG] --workdir=DIR")
   for name in PRESETS + JOBS:
     assert f"\n  {name} " in text
-  assert "runlocal" in text and len(text.splitlines()) < 30
+  assert "runlocal" in text and len(text.splitlines()) < 36
 
 
 # ------------------------------------------------------------------------- in the checkout
@@ -136,6 +136,8 @@ def test_wheel_holds_the_package_and_the_presets(installed):
   sources |= {f"snip_jax/configs/{p.name}" for p in (REPO / "configs").glob("*.py")}
   with zipfile.ZipFile(wheel) as archive:
     assert {n for n in archive.namelist() if n.endswith(".py")} == sources
+    assert {n for n in archive.namelist() if n.startswith("snip_jax/srbench/meta/")} == {
+        f"snip_jax/srbench/meta/{p.name}" for p in (REPO / "snip_jax/srbench/meta").iterdir()}
     metadata = archive.read(f"snip_jax-{snip_jax.__version__}.dist-info/entry_points.txt")
   assert "snip-jax = snip_jax.cli:main" in metadata.decode()
 

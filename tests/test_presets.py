@@ -164,12 +164,13 @@ LEAF_CHECK = """
 import json, sys
 from absl import flags
 from snip_jax import cli
-from snip_jax.configs import convert, export, pretrain, proppred, sr
+from snip_jax.configs import convert, export, pretrain, proppred, retrieval, sr, srbench
 proppred_args = [f"{p},{v}{r}" for p in export.PROPERTY_TYPES for v in proppred.VARIANTS
                  for r in ("", ",runlocal")]
 for module, args in ((convert, [""]), (export, ["d1", "d10", "runlocal", *export.PROPERTY_TYPES]),
                      (pretrain, ["d1", "d10", "runlocal"]), (proppred, proppred_args),
-                     (sr, ["d10", "runlocal", "fit"])):
+                     (sr, ["d10", "runlocal", "fit"]), (retrieval, retrieval.PRESETS),
+                     (srbench, srbench.PRESETS)):
   for arg in args:
     module.get_config(arg)
 flags.FLAGS(["snip-jax", "--config=proppred:ncr,frozen,runlocal", "--workdir=unused"])

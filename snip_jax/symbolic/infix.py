@@ -5,12 +5,14 @@ ordinary math (`0.4*x_0 + sin(x_1)`), parsed with Python's `ast` (which only bui
 tree) and turned into sympy through an allowlist of numbers, variables `x_i`, constants,
 `+ - * / ** ^` and the environment's functions. Nothing reaches `eval`, `sympify` or
 `parse_expr`; sizes, nesting and numeric powers are bounded so that no string can hang.
+`read_sympy` reads the same math over named variables (PMLB formulas, other programs' models).
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from typing import Any, Callable, Mapping, Optional
 
 from snip_jax.symbolic.trees import ARITY, Expression, Node, is_leaf_symbol
 
@@ -48,6 +50,23 @@ def parse_infix(text: str, max_int: int = 10) -> Expression:
     return Expression([from_sympy(e, max_int).nodes[0] for e in exprs])
   except InfixError as err:
     raise InfixError(f"cannot parse infix expression {_shorten(text)}: {err}") from None
+
+
+def read_sympy(text: str, variables: Mapping[str, Any]):
+  """Ordinary math over named variables -> a sympy expression, through the same allowlist.
+
+  For formulas with their own names (PMLB's `q*(Ef + B*v*sin(theta))`) and other programs'
+  model strings: a name is looked up in `variables` (name -> sympy Symbol; they shadow the
+  constants pi, e, E); calls are parse_infix's functions plus PMLB's `ln` and `cot`. Raises
+  InfixError naming the offending part.
+  """
+  if not isinstance(text, str):
+    raise TypeError(f"math text must be a string, got {type(text).__name__}")
+  try:
+    _check_size(text)
+    return _MathReader(text, variables, _named_functions()).read()
+  except InfixError as err:
+    raise InfixError(f"cannot read {_shorten(text)}: {err}") from None
 
 
 def _check_size(text: str) -> None:
@@ -141,6 +160,13 @@ def _functions() -> dict:
   }
 
 
+def _named_functions() -> dict:
+  """The functions read_sympy accepts besides _functions(): PMLB's `ln` and `cot`."""
+  import sympy  # pylint: disable=g-import-not-at-top
+
+  return {**_functions(), "ln": sympy.log, "cot": sympy.cot}
+
+
 def _constants() -> dict:
   import sympy  # pylint: disable=g-import-not-at-top
 
@@ -149,16 +175,22 @@ def _constants() -> dict:
 
 
 class _MathReader:
-  """Builds a sympy expression from the syntax tree of one output's math text."""
+  """Builds a sympy expression from the syntax tree of one output's math text.
 
-  def __init__(self, text: str):
+  Variables are `x_0, x_1, ...` (as sympy Symbols), or, when `variables` is given, exactly its
+  names; `functions` replaces the default _functions().
+  """
+
+  def __init__(self, text: str, variables: Optional[Mapping[str, Any]] = None,
+               functions: Optional[Mapping[str, Callable]] = None):
     import sympy  # pylint: disable=g-import-not-at-top
 
     # One line (offsets into it name literals); `^` is a power, as sympy's convert_xor reads it.
     self.text = " ".join(text.split()).replace("^", "**")
     self.encoded = self.text.encode()
     self.sympy = sympy
-    self.functions = _functions()
+    self.variables = variables
+    self.functions = _functions() if functions is None else dict(functions)
     self.constants = _constants()
 
   def read(self):
@@ -200,13 +232,17 @@ class _MathReader:
     return self.sympy.Float(source)
 
   def _name(self, name: str):
-    if _VARIABLE.fullmatch(name):
+    if self.variables is None and _VARIABLE.fullmatch(name):
       return self.sympy.Symbol(name)
+    if self.variables is not None and name in self.variables:
+      return self.variables[name]
     if name in self.constants:
       return self.constants[name]
     if name in self.functions:
       raise InfixError(f"function {name!r} needs an argument in parentheses")
-    raise InfixError(f"unknown variable {name!r}: name variables x_0, x_1, ...; constants are"
+    known = ("name variables x_0, x_1, ..." if self.variables is None else
+             f"the variables are {', '.join(self.variables)[:200]}")
+    raise InfixError(f"unknown variable {name!r}: {known}; constants are"
                      f" {', '.join(sorted(self.constants))}")
 
   def _binary(self, node: ast.BinOp, depth: int):

@@ -350,15 +350,17 @@ def _scores(expr: Expression, x: np.ndarray, y: np.ndarray) -> tuple[float, floa
 
 def fit_scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
   """(mse, r2) of predictions [n, k] of y [n, k]; r2 as sklearn (averaged over outputs);
-  (inf, −inf) if any prediction is not finite."""
+  (inf, −inf) if any prediction is not finite; residuals too large to square give the same."""
   y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
   if not np.all(np.isfinite(pred)):
     return np.inf, -np.inf
-  ss_res = np.sum((y - pred) ** 2, axis=0)
-  ss_tot = np.sum((y - y.mean(axis=0)) ** 2, axis=0)
-  safe_tot = np.where(ss_tot == 0.0, 1.0, ss_tot)
-  r2 = np.where(ss_tot == 0.0, np.where(ss_res == 0.0, 1.0, 0.0), 1.0 - ss_res / safe_tot)
-  return float(np.mean((y - pred) ** 2)), float(np.mean(r2))
+  with np.errstate(over="ignore", invalid="ignore"):
+    ss_res = np.sum((y - pred) ** 2, axis=0)
+    ss_tot = np.sum((y - y.mean(axis=0)) ** 2, axis=0)
+    safe_tot = np.where(ss_tot == 0.0, 1.0, ss_tot)
+    r2 = np.where(ss_tot == 0.0, np.where(ss_res == 0.0, 1.0, 0.0), 1.0 - ss_res / safe_tot)
+    r2 = np.where(np.isnan(r2), -np.inf, r2)
+    return float(np.mean((y - pred) ** 2)), float(np.mean(r2))
 
 
 def _search(tracker: _Tracker, c0: np.ndarray, max_iter: Optional[int], gtol: float,
