@@ -211,16 +211,17 @@ class _Search:
     decoded constants) is refined once per fit, so repeats during the search cost nothing; the
     new ones are refined in one call (in `n_jobs` processes).
     """
-    valid = [e for e in expressions if e is not None]
-    self.n_invalid += len(expressions) - len(valid)
     key = skeleton if self.reg.refine_per == "skeleton" else Expression.prefix
-    new = list({key(e): e for e in valid if key(e) not in self.refined}.values())
+    keys = [None if e is None else key(e) for e in expressions]
+    self.n_invalid += keys.count(None)
+    new = {k: e for k, e in zip(keys, expressions) if k is not None and k not in self.refined}
     limit = max(0.0, self.deadline - time.perf_counter()) if np.isfinite(self.deadline) else None
     options = {} if self.reg.refine else {"max_evals": 1}
-    for expr, result in zip(new, refine_many(new, self.Xs, self.y, total_time_limit=limit,
-                                             n_jobs=self.reg.n_jobs, **options)):
-      self.refined[key(expr)] = self._record(result)
-    return [None if e is None else self.refined[key(e)] for e in expressions]
+    for k, result in zip(new, refine_many(list(new.values()), self.Xs, self.y,
+                                          total_time_limit=limit, n_jobs=self.reg.n_jobs,
+                                          **options)):
+      self.refined[k] = self._record(result)
+    return [None if k is None else self.refined[k] for k in keys]
 
   def _record(self, result) -> Optional[tuple[Expression, float]]:
     """Track a refined candidate (None if invalid); returns its (Expression, R²)."""
